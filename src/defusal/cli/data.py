@@ -1,0 +1,5 @@
+"""The `defusal data` command (being built)."""
+
+
+def register(subparsers) -> None:
+    """Add nothing yet."""
