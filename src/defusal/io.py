@@ -22,7 +22,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+    )
     os.close(handle)
     try:
         yield Path(temporary)
@@ -59,7 +61,9 @@ def load_torch(path: str | os.PathLike) -> Any:
     try:
         return torch.load(target, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise DefusalError(f"checkpoint {target} is corrupt or not a defusal file ({error})") from error
+        raise DefusalError(
+            f"checkpoint {target} is corrupt or not a defusal file ({error})"
+        ) from error
 
 
 def _to_builtin(value: Any) -> Any:

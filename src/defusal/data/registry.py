@@ -43,7 +43,9 @@ class Dataset:
         raise KeyError(name)
 
 
-_KELAS_MNIST = "https://raw.githubusercontent.com/kelas/mnist/283b387221ab46655e600cfcc25d843bb14292b9"
+_KELAS_MNIST = (
+    "https://raw.githubusercontent.com/kelas/mnist/283b387221ab46655e600cfcc25d843bb14292b9"
+)
 _JHU_COPY = (
     "https://raw.githubusercontent.com/mgharamti/SEIR_EnKF/7caf061c00b9f2c0ba67032866318435e67c4656"
 )
@@ -145,15 +147,28 @@ DATASETS: dict[str, Dataset] = {
             licence="CC BY 4.0 (JHU CSSE)",
             source="copy of CSSEGISandData/COVID-19 time series in mgharamti/SEIR_EnKF at 7caf061",
             files=tuple(
-                DataFile(f"time_series_covid19_{kind}_global.csv", size, sha256, f"{_JHU_COPY}/"
-                         f"time_series_covid19_{kind}_global.csv")
+                DataFile(
+                    f"time_series_covid19_{kind}_global.csv",
+                    size,
+                    sha256,
+                    f"{_JHU_COPY}/time_series_covid19_{kind}_global.csv",
+                )
                 for kind, size, sha256 in (
-                    ("confirmed", 1_313_868,
-                     "8b7694f0854143e11e02eefd52ac59f91809d70b51c76459da954f67c4cdcb6a"),
-                    ("deaths", 911_203,
-                     "21c92a5235acf0c53c703917f22b39f9d82d733cdb2faf17006f569d1bd1dc78"),
-                    ("recovered", 865_500,
-                     "0f90e177b34a91135d4fa5747835080d766f84f25fb02a44c24ff3531cc24d07"),
+                    (
+                        "confirmed",
+                        1_313_868,
+                        "8b7694f0854143e11e02eefd52ac59f91809d70b51c76459da954f67c4cdcb6a",
+                    ),
+                    (
+                        "deaths",
+                        911_203,
+                        "21c92a5235acf0c53c703917f22b39f9d82d733cdb2faf17006f569d1bd1dc78",
+                    ),
+                    (
+                        "recovered",
+                        865_500,
+                        "0f90e177b34a91135d4fa5747835080d766f84f25fb02a44c24ff3531cc24d07",
+                    ),
                 )
             ),
         ),
