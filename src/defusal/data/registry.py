@@ -116,7 +116,8 @@ DATASETS: dict[str, Dataset] = {
             description="Free Spoken Digit Dataset: 3,000 WAV files, 8 kHz, 6 speakers x 10 digits "
             "x 50 takes; takes 0-4 are the test set",
             licence="CC BY-SA 4.0",
-            source="github.com/Jakobovski/free-spoken-digit-dataset at 26eb9aa, recordings/ as tar.xz",
+            source="github.com/Jakobovski/free-spoken-digit-dataset at 26eb9aa, recordings/ "
+            "as tar.xz",
             files=(
                 DataFile(
                     "fsdd_recordings.tar.xz",

@@ -60,7 +60,7 @@ class Cell(nn.Module):
         raise NotImplementedError
 
     def output(self, x_t: Tensor, new_state: Tensor) -> Tensor:
-        """Return the output ``y_t`` from the input and the new state, shape ``(batch, output_size)``."""
+        """Return the output ``y_t`` from ``x_t`` and the new state, ``(batch, output_size)``."""
         raise NotImplementedError
 
     def forward(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
