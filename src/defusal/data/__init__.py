@@ -13,7 +13,17 @@ from pathlib import Path
 from defusal.data.registry import DATASETS, DataFile, Dataset
 from defusal.errors import DataMissingError, DefusalError
 
-__all__ = ["DATASETS", "DataFile", "Dataset", "dataset", "file_path", "resolve_data_dir"]
+__all__ = [
+    "DATASETS",
+    "DataFile",
+    "Dataset",
+    "dataset",
+    "fetch",
+    "file_path",
+    "resolve_data_dir",
+    "status",
+    "verify",
+]
 
 DEFAULT_DATA_DIR = Path("~/.cache/defusal")
 
@@ -58,3 +68,8 @@ def file_path(name: str, filename: str, data_dir: str | os.PathLike | None = Non
             f"the folder that contains {entry.folder}/, or run `defusal data fetch {name}`"
         )
     return path
+
+
+# These modules import the functions above, so they come last.
+from defusal.data.fetch import fetch  # noqa: E402
+from defusal.data.verify import status, verify  # noqa: E402
