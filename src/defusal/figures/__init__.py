@@ -1,0 +1,1 @@
+"""Regenerated figures: each module writes its PNG plots and the CSV numbers behind them."""
