@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ def load_torch(path: str | os.PathLike) -> Any:
         raise DefusalError(f"checkpoint not found: {target}; check the path")
     try:
         return torch.load(target, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
         raise DefusalError(
             f"checkpoint {target} is corrupt or not a defusal file ({error})"
         ) from error
