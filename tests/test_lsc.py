@@ -110,15 +110,15 @@ def test_pretrain_matrix_free_estimator():
         None,
         target=0.5,
         estimator="matrix_free",
-        steps=40,
+        steps=20,
         lr=2e-2,
         batch_size=4,
-        time_steps=20,
+        time_steps=10,
         patience=5,
-        measure_samples=2,
+        measure_samples=1,
         iterations=10,
     )
-    exact = measure(stack, torch.randn(4, 20, 10), estimator="eig", time_samples=5)
+    exact = measure(stack, torch.randn(4, 10, 10), estimator="eig", time_samples=5)
     assert abs(exact["time"][0] - 0.5) < 0.08
 
 

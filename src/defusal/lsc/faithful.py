@@ -8,10 +8,11 @@ edge the tensor drives in its own layer:
   log-decay ``nu_log``) use the layer's time edge;
 * input-side tensors (``weight_ih``, ``input_weights``, ALIF ``thr`` and ``beta``, LRU ``B`` and
   ``C``, GLU kernels) use the layer's depth edge, or the encoder edge for layer 0;
-* the readout kernel uses the decoder edge when the decoder is measured;
-* otherwise the readout kernel, and always an embedding, use
-  ``m = clip(1 / (std(W) sqrt(fan)), 0.85, 1.15)``, which drives ``Var(W)`` towards
-  ``1 / fan``. The fan is the readout's fan-in or the embedding width.
+* GRU and simple-RNN input kernels keep ``m = 1``: the original name rules match the LSTM
+  input kernel but not theirs;
+* the readout kernel and an embedding use ``m = clip(1 / (std(W) sqrt(fan)), 0.85, 1.15)``,
+  which drives ``Var(W)`` towards ``1 / fan``. The fan is the readout's fan-in or the
+  embedding width. The decoder radius enters the loss but never sets this multiplier.
 
 Biases and every other tensor keep ``m = 1``. With probability about 1/3 per step, every tensor
 with at least two dimensions then has its entries randomly permuted, which keeps each tensor's
@@ -45,6 +46,8 @@ INPUT_NAMES = (
     "C_im",
 )
 CLIP_RANGE = (0.85, 1.15)
+# Cells whose input kernel the original rescaling leaves alone (its name rules miss them).
+UNSCALED_INPUT_CELLS = ("GRUCell", "SimpleRNNCell")
 SHUFFLE_PROBABILITY = 1.0 / 3.0
 
 
@@ -91,6 +94,8 @@ def rescale_(
             side = parameter_side(cell, name)
             if side == "recurrent":
                 key = ("time", layer)
+            elif side == "input" and type(cell).__name__ in UNSCALED_INPUT_CELLS:
+                continue
             elif side == "input":
                 key = ("encoder", 0) if layer == 0 else ("depth", layer)
             else:
@@ -99,13 +104,7 @@ def rescale_(
             if factor is not None and math.isfinite(factor):
                 parameter.mul_(_clip(factor, *clip))
     readout = getattr(stack, "readout", None)
-    decoder_factor = factors.get(("decoder", len(stack.cells) - 1))
-    if isinstance(readout, nn.Linear) and decoder_factor is not None:
-        # NOTE: the original procedure always used the variance rule below for the readout;
-        # with a decoder edge in the loss its own radius sets the multiplier instead.
-        if math.isfinite(decoder_factor):
-            readout.weight.mul_(_clip(decoder_factor, *clip))
-    elif isinstance(readout, nn.Linear):
+    if isinstance(readout, nn.Linear):
         _variance_rescale_(readout.weight, readout.weight.shape[1], clip)
     encoder = getattr(stack, "encoder", None)
     if isinstance(encoder, nn.Embedding):

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from defusal.errors import DefusalError
 from defusal.jacobian import EDGES, MAX_DECODER_OUTPUTS, check_input, step_maps
-from defusal.lsc.gains import map_gains
+from defusal.lsc.gains import edge_gains
 from defusal.lsc.report import RadiusTable
 
 
@@ -118,18 +118,17 @@ def measure(
                 maps, states = step_maps(
                     stack, x[:, t], states, edges=edges, max_decoder_outputs=max_decoder_outputs
                 )
-                for local_map in maps:
-                    gains = map_gains(
-                        local_map,
-                        estimator,
-                        nonsquare=nonsquare,
-                        generator=generator,
-                        iterations=iterations,
-                        warm_starts=warm_starts,
-                    )
-                    key = local_map.key
-                    sums[key] = sums.get(key, 0.0) + float(gains.detach().sum())
-                    counts[key] = counts.get(key, 0) + gains.numel()
+                gains = edge_gains(
+                    maps,
+                    estimator,
+                    nonsquare=nonsquare,
+                    generator=generator,
+                    iterations=iterations,
+                    warm_starts=warm_starts,
+                )
+                for key, value in gains.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach().sum())
+                    counts[key] = counts.get(key, 0) + value.numel()
     if not counts:
         raise DefusalError("no data to measure; pass at least one batch with one time step")
     table: RadiusTable = {}

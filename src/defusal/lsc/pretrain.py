@@ -4,8 +4,10 @@ Two modes share one loop (one iteration per time step of the input sequences, st
 forward, so the Jacobians are taken where the data takes the network):
 
 ``"plain"``
-    Adam on the LSC loss alone, ``(1/K) sum_k mean_b (rho_{k,b} - rho*_k)^2`` over the ``K``
-    edges present.
+    Adam (lr 1e-2) on the LSC loss alone, ``(1/K) sum_k mean_b (rho_{k,b} - rho*_k)^2`` over
+    the ``K`` edges present, with every trainable tensor (biases included) in the optimizer.
+    After each step the kernels are rescaled multiplicatively towards the targets
+    (:mod:`defusal.lsc.rescale`, exponent ``rescale``; 0 turns it off).
 
 ``"faithful"``
     The original procedure: AdaBelief (lr 7.2e-3, weight decay 1e-4) inside Lookahead (6 steps,
@@ -14,10 +16,13 @@ forward, so the Jacobians are taken where the data takes the network):
     :mod:`defusal.lsc.faithful`; the best weights reloaded after ``2 * patience`` steps without
     improvement.
 
-Both stop once every edge type's mean gain (over layers and samples) stays within
-``tolerance`` of its target for ``patience`` consecutive steps, or after ``steps`` steps. The
-weights with the best moving-average gains are kept. A step with a NaN or Inf loss, gradient or
-weight restores the best weights and halves the learning rate, so no NaN weight is returned.
+Both keep an exponential moving average (decay 0.9) of every edge type's mean gain over layers
+and samples. They stop once every average stays within ``tolerance`` of its target for
+``patience`` consecutive steps, or after ``steps`` steps, and return the weights whose moving
+averages had the lowest squared distance to the targets. Because the gains change along a
+sequence, the in-band window must also cover at least one whole input sequence. A step with a
+NaN or Inf loss, gradient or weight restores the best weights and halves the learning rate, so
+no NaN weight is returned.
 """
 
 from __future__ import annotations
@@ -35,16 +40,18 @@ from torch import Tensor, nn
 from defusal.errors import DefusalError
 from defusal.jacobian import EDGES, MAX_DECODER_OUTPUTS, check_input, step_maps
 from defusal.lsc import faithful
-from defusal.lsc.gains import lsc_loss, map_gains
+from defusal.lsc.gains import edge_gains, lsc_loss
 from defusal.lsc.measure import _device_of, batch_inputs, evaluation_mode, gaussian_inputs, measure
 from defusal.lsc.report import LSCReport
+from defusal.lsc.rescale import rescale_to_targets_
 from defusal.lsc.targets import resolve_targets
 from defusal.radius import NONSQUARE_POLICIES, check_estimator
 
 logger = logging.getLogger(__name__)
 
 MODES = ("plain", "faithful")
-DEFAULT_LR = {"plain": 3e-3, "faithful": 7.2e-3}
+DEFAULT_LR = {"plain": 1e-2, "faithful": 7.2e-3}
+DEFAULT_RESCALE = 0.5
 MAX_RESTORES = 8
 EMA_DECAY = 0.9
 # Warm-started power iterations stop at this relative change: the estimate then moves less
@@ -98,9 +105,9 @@ class BestTracker:
     """Moving averages of the mean gain per edge type, the best weights and the stop window.
 
     ``update`` takes the mean gain of each edge type at one step (measured with the weights
-    before that step's update) and returns whether every edge type is within ``tolerance`` of
-    its target. The weights whose moving-average deviation ``max_e |ema_e - target_e|`` is the
-    lowest so far are kept in ``best_state``.
+    before that step's update). The weights whose moving averages have the lowest
+    ``sum_e (ema_e - target_e)^2`` so far are kept in ``best_state``; ``window`` counts the
+    consecutive steps with every moving average within ``tolerance`` of its target.
     """
 
     def __init__(self, model: nn.Module, targets: dict[str, float], tolerance: float) -> None:
@@ -113,11 +120,11 @@ class BestTracker:
         self.stale = 0
 
     def update(self, model: nn.Module, means: dict[str, float]) -> bool:
-        """Record one step; keep the weights if best; return whether all edges are in band."""
+        """Record one step; keep the weights if best; return whether all averages are in band."""
         for edge, value in means.items():
             previous = self.averages.get(edge, value)
             self.averages[edge] = EMA_DECAY * previous + (1 - EMA_DECAY) * value
-        score = max(abs(self.averages[e] - self.targets[e]) for e in means)
+        score = sum((self.averages[e] - self.targets[e]) ** 2 for e in means)
         if score < self.best_score:
             self.best_score = score
             self.best_state = snapshot(model)
@@ -125,7 +132,7 @@ class BestTracker:
         else:
             self.stale += 1
         inside = all(
-            abs(value - self.targets[edge]) < self.tolerance for edge, value in means.items()
+            abs(self.averages[edge] - self.targets[edge]) < self.tolerance for edge in means
         )
         self.window = self.window + 1 if inside else 0
         return inside
@@ -188,14 +195,15 @@ def pretrain_(
     max_seconds: float | None = None,
     seed: int = 0,
     callback: Callable[[int, float, dict[str, float]], None] | None = None,
+    rescale: float | None = None,
     **kwargs,
 ) -> LSCReport:
     """Pre-train ``model`` in place so that every local gain meets its target.
 
-    Dispatches on the model: a ``DeepFFN`` goes to :func:`defusal.lsc.ffn.pretrain_ffn_`; a
-    stack of residual LRU cells in ``"faithful"`` mode goes to the gradient-free
-    :func:`defusal.lsc.lru.pretrain_lru_`; any other recurrent stack runs the loop described in
-    this module.
+    Dispatches on the model: a ``DeepFFN`` goes to :func:`defusal.lsc.ffn.pretrain_ffn_`
+    (random blocks, target 1); a stack of residual LRU cells in ``"faithful"`` mode goes to the
+    gradient-free :func:`defusal.lsc.lru.pretrain_lru_`; any other recurrent stack runs the
+    loop described in this module.
 
     Args:
         model: a :class:`defusal.nets.base.RecurrentStack`, a ``DeepFFN`` or an LRU stack.
@@ -207,9 +215,10 @@ def pretrain_(
         mode: ``"plain"`` or ``"faithful"`` (see the module docstring).
         estimator: ``"eig"``, ``"norm"``, ``"matrix_free"`` or ``"matrix_free_norm"``.
         steps: maximum optimization steps (one per time step).
-        lr: learning rate; 3e-3 (plain) or 7.2e-3 (faithful) when ``None``.
-        tolerance: half-width of the band around each target for the stop rule.
-        patience: consecutive in-band steps needed to stop.
+        lr: learning rate; 1e-2 (plain) or 7.2e-3 (faithful) when ``None``.
+        tolerance: half-width of the band around each target for the stop rule, applied to
+            the moving average of each edge type's mean gain.
+        patience: consecutive in-band steps needed to stop, at least one sequence length.
         batch_size, time_steps: shape of Gaussian inputs.
         nonsquare: ``"subsample"`` or ``"norm"`` for non-square Jacobians.
         edges: edge types in the loss.
@@ -219,6 +228,9 @@ def pretrain_(
         max_seconds: optional wall-clock limit for the optimization loop.
         seed: seed of inputs, sub-sampling, start vectors and shuffling.
         callback: called after every step as ``callback(step, loss, mean gain per edge type)``.
+        rescale: exponent ``eta`` of the plain-mode kernel rescaling
+            ``clip((rho* / rho)^eta, 0.85, 1.15)`` after each step; 0 turns it off, ``None``
+            means 0.5. Faithful mode always uses its own rescaling.
         **kwargs: passed to the FFN or LRU procedure.
 
     Returns:
@@ -232,9 +244,7 @@ def pretrain_(
     from defusal.nets.ffn import DeepFFN
 
     if isinstance(model, DeepFFN):
-        # NOTE: the feed-forward procedure (random adjacent layer pairs, target 1) is not
-        # written yet, so a DeepFFN raises here.
-        pretrain_ffn_ = _optional_procedure("ffn", "pretrain_ffn_", "a DeepFFN")
+        from defusal.lsc.ffn import pretrain_ffn_
 
         return pretrain_ffn_(
             model,
@@ -247,6 +257,8 @@ def pretrain_(
             tolerance=tolerance,
             patience=patience,
             nonsquare=nonsquare,
+            batch_size=batch_size,
+            max_seconds=max_seconds,
             seed=seed,
             callback=callback,
             **kwargs,
@@ -256,18 +268,17 @@ def pretrain_(
             f"cannot pre-train a {type(model).__name__}; pass a RecurrentStack or a DeepFFN"
         )
     if mode == "faithful" and _is_residual_lru(model):
-        # NOTE: the gradient-free residual LRU procedure is not written yet; plain mode works.
-        pretrain_lru_ = _optional_procedure(
-            "lru", "pretrain_lru_", "a residual LRU in faithful mode"
-        )
+        from defusal.lsc.lru import pretrain_lru_
 
         return pretrain_lru_(
             model,
             target=target,
             steps=steps,
+            batch_size=batch_size,
             tolerance=tolerance,
             patience=patience,
             time_steps=time_steps,
+            max_seconds=max_seconds,
             seed=seed,
             estimator=estimator,
             callback=callback,
@@ -297,6 +308,9 @@ def pretrain_(
     )
     before = measure(model, reference, **measure_options)
 
+    rescale = DEFAULT_RESCALE if rescale is None else float(rescale)
+    if not (math.isfinite(rescale) and rescale >= 0):
+        raise DefusalError(f"rescale must be zero or positive, got {rescale}")
     lr = DEFAULT_LR[mode] if lr is None else float(lr)
     if not lr > 0:
         raise DefusalError(f"learning rate must be positive, got {lr}")
@@ -322,18 +336,15 @@ def pretrain_(
             maps, new_states = step_maps(
                 model, x[:, t], states, edges=edges, max_decoder_outputs=max_decoder_outputs
             )
-            gains = {
-                m.key: map_gains(
-                    m,
-                    estimator,
-                    nonsquare=nonsquare,
-                    create_graph=True,
-                    generator=generator,
-                    iterations=iterations,
-                    warm_starts=warm_starts,
-                )
-                for m in maps
-            }
+            gains = edge_gains(
+                maps,
+                estimator,
+                nonsquare=nonsquare,
+                create_graph=True,
+                generator=generator,
+                iterations=iterations,
+                warm_starts=warm_starts,
+            )
             loss = lsc_loss(gains, targets, divisor)
             means = _edge_means(gains)
             loss_value = float(loss.detach())
@@ -349,7 +360,8 @@ def pretrain_(
             history.append({"step": step, "loss": loss_value, **means})
             if callback is not None:
                 callback(step, loss_value, means)
-            if inside and tracker.window >= patience:
+            # In band for a whole sequence: early time steps alone are not representative.
+            if inside and tracker.window >= max(patience, x.shape[1]):
                 converged = True
                 break
 
@@ -362,6 +374,9 @@ def pretrain_(
                     break
                 continue
             optimizer.step()
+            if mode == "plain" and rescale > 0:
+                batch_means = {key: float(value.detach().mean()) for key, value in gains.items()}
+                rescale_to_targets_(model, batch_means, targets, exponent=rescale)
             if mode == "faithful":
                 factors = {
                     key: float((targets[key[0]] / value.detach().clamp_min(1e-6)).mean())
@@ -415,16 +430,6 @@ def _recover(model, tracker, mode, parameters, lr, restores):
     lr = lr * 0.5
     logger.warning("non-finite LSC step: best weights restored, learning rate lowered to %.3g", lr)
     return restores, lr, make_optimizer(mode, parameters, lr)
-
-
-def _optional_procedure(module: str, name: str, what: str):
-    try:
-        return getattr(__import__(f"defusal.lsc.{module}", fromlist=[name]), name)
-    except ImportError:
-        raise DefusalError(
-            f"LSC pre-training of {what} is not available in this version; use a RecurrentStack"
-            " or mode='plain'"
-        ) from None
 
 
 def _is_residual_lru(model: nn.Module) -> bool:
