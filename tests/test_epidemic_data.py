@@ -8,6 +8,7 @@ import pytest
 
 from defusal.cli import main
 from defusal.cli.epidemic import split_regions
+from defusal.epidemic import quirks
 from defusal.epidemic.data import jhu_region, load_jhu, tracks_region
 from defusal.epidemic.fit import FitConfig, FitProblem
 from defusal.epidemic.populations import POPULATIONS, population
@@ -230,6 +231,21 @@ def test_tracks_italy_facts(real_data_dir):
     assert len(series.days) == 27
     assert series.confirmed[0] == 650
     assert series.confirmed[-1] == 69_176
+
+
+@pytest.mark.parametrize(("region", "rows"), [("Italy", 27), ("US", 24)])
+def test_tracks_shorter_than_recovery_lag(real_data_dir, region, rows):
+    # Both tracks are shorter than the 28-day lag of the under-reporting check.
+    series = tracks_region(region, "medrxiv", data_dir=real_data_dir)
+    assert len(series.days) == rows
+    assert "recovered_underreported" not in kinds(series)
+
+
+def test_recovered_share_short_series():
+    dates = pd.date_range("2020-03-01", periods=20)
+    confirmed = np.linspace(1000, 50_000, 20)
+    found = quirks.detect_row_problems("Short", dates, confirmed, confirmed * 0.01)
+    assert found == []
 
 
 def test_tracks_wuhan_facts(real_data_dir):

@@ -222,3 +222,23 @@ def test_interrupted_fit_resumes(tmp_path):
     resumed = fit_regions(problems, config, checkpoint_path=checkpoint, checkpoint_every=5)
     assert torch.allclose(resumed.losses, full.losses)
     assert not checkpoint.is_file()
+
+
+@pytest.mark.parametrize(
+    ("version", "input_scale", "step"), [("v2", "raw", 1.0), ("v3", "normalised", 0.5)]
+)
+def test_adjoint_gradient_matches_autograd(version, input_scale, step):
+    from defusal.epidemic.fit import adjoint_problem, build_model, losses_and_gradients
+
+    config = FitConfig(version=version, input_scale=input_scale, step=step, seeds=(3, 4))
+    problems = [FitProblem(synthetic_series())]
+    targets = build_targets(problems, config)
+    model = build_model(problems, config)
+    reference_loss = member_losses(model, targets, config)
+    reference_loss.sum().backward()
+    reference = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    losses = losses_and_gradients(model, targets, config, adjoint_problem(model, targets, config))
+    assert torch.allclose(losses, reference_loss.detach(), rtol=1e-10)
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter.grad, reference[name], rtol=1e-8, atol=1e-12), name

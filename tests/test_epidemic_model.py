@@ -205,6 +205,18 @@ def test_explosion_when_growing():
     assert is_explosion(np.exp(0.1 * days), np.full(20, 1.5))
 
 
+def test_no_explosion_when_growth_stalls():
+    infected = np.concatenate([np.exp(0.1 * np.arange(15)), np.full(5, math.exp(1.4))])
+    assert not is_explosion(infected, np.full(20, 1.5))
+
+
+def test_no_explosion_when_growth_slows():
+    # Logistic growth: the rate of log I falls from about 0.3 to below 0.02 per day.
+    days = np.arange(30)
+    infected = 1e6 / (1 + 999 * np.exp(-0.3 * days))
+    assert not is_explosion(infected, np.full(30, 1.05))
+
+
 def test_no_explosion_after_peak():
     days = np.arange(20)
     assert not is_explosion(np.exp(-0.1 * days), np.full(20, 0.8))

@@ -16,7 +16,7 @@ from pathlib import Path
 from defusal.cli.common import common_options, positive_float, positive_int
 from defusal.errors import DefusalError
 
-DEFAULT_OUT = "results/epidemic"
+DEFAULT_OUT = "runs/epidemic"
 
 
 def register(subparsers) -> None:
@@ -99,18 +99,35 @@ def _region_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _fit_options(parser: argparse.ArgumentParser) -> None:
+    from defusal.epidemic.report import QUICK_CONFIG
+
     parser.add_argument("--version", choices=("v2", "v3"), default="v2", help="model version")
     parser.add_argument("--seeds", default="50,51,52", help="comma-separated ensemble seeds")
-    parser.add_argument("--steps", type=positive_int, default=300, help="Adam steps per stage")
-    parser.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate")
-    parser.add_argument("--lbfgs-steps", type=int, default=20, help="L-BFGS steps (0: none)")
+    # Defaults are those of the four-region comparison (defusal.epidemic.report.QUICK_CONFIG).
+    parser.add_argument(
+        "--steps", type=positive_int, default=QUICK_CONFIG.adam_steps,
+        help=f"Adam steps per stage (default {QUICK_CONFIG.adam_steps})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lr", type=positive_float, default=QUICK_CONFIG.adam_lr,
+        help=f"Adam learning rate (default {QUICK_CONFIG.adam_lr})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--beta0", type=positive_float, default=QUICK_CONFIG.beta0,
+        help=f"initial beta per day (default {QUICK_CONFIG.beta0})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lbfgs-steps", type=int, default=QUICK_CONFIG.lbfgs_steps,
+        help="L-BFGS steps (0: none)",
+    )  # fmt: skip
     parser.add_argument(
         "--two-stage", choices=("auto", "always", "never"), default="auto",
         help="two-stage fit for unreliable recovered counts (default auto)",
     )  # fmt: skip
     parser.add_argument(
-        "--input-scale", choices=("raw", "normalised"), default="raw",
-        help="network input: raw head counts with Q = |NN|/N, or normalised",
+        "--input-scale", choices=("raw", "normalised"), default=QUICK_CONFIG.input_scale,
+        help="network input: raw head counts with Q = |NN|/N (the original), or S/N and "
+        f"I, R, T over the largest confirmed count (default {QUICK_CONFIG.input_scale})",
     )  # fmt: skip
     parser.add_argument(
         "--grid", choices=("day", "stretched"), default="day",
@@ -156,6 +173,7 @@ def _config(args: argparse.Namespace):
         lbfgs_steps=args.lbfgs_steps,
         two_stage=args.two_stage,
         stage2_steps=args.steps,
+        beta0=args.beta0,
     )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from defusal.epidemic.adjoint import AdjointProblem, loss_and_gradients
 from defusal.epidemic.data import RegionSeries
 from defusal.epidemic.model import INPUT_SCALES, QUARANTINE_MODELS, VERSIONS, QSIRModel
 from defusal.errors import DefusalError
@@ -310,6 +311,83 @@ def member_losses(model: QSIRModel, targets: Targets, config: FitConfig) -> torc
     return infected_term + targets.removed_weight * removed_term
 
 
+def adjoint_problem(model: QSIRModel, targets: Targets, config: FitConfig) -> AdjointProblem | None:
+    """Return the constants of the hand-written RK4 adjoint, or None where it does not apply.
+
+    It applies to network quarantine models solved with ``fast_rk4``; the logistic baseline
+    and the torchdiffeq solvers use autograd.
+    """
+    if config.solver != "fast_rk4" or model.net is None:
+        return None
+    members = model.members
+    count = model.net.in_features
+    scale = model.input_scales()
+    input_scale = (1.0 / scale[:, :count]).numpy()
+    output_scale = model.output_scale().numpy()
+    time_scale = (
+        np.ones(members) if targets.time_scale is None else targets.time_scale.numpy().copy()
+    )
+    return AdjointProblem(
+        version=model.version,
+        state0=targets.state0.numpy().copy(),
+        population=model.population.numpy().copy(),
+        input_scale=input_scale,
+        output_scale=output_scale,
+        time_scale=time_scale,
+        log_infected_target=targets.infected.log().numpy(),
+        log_removed_target=targets.removed.log().numpy(),
+        infected_mask=targets.infected_mask.numpy().astype(float),
+        removed_mask=targets.removed_mask.numpy().astype(float),
+        removed_weight=targets.removed_weight.numpy().copy(),
+        days=targets.days,
+        substeps=max(1, round(1.0 / config.step)),
+    )
+
+
+def _model_arrays(model: QSIRModel) -> dict[str, np.ndarray]:
+    arrays = {
+        "log_beta": model.log_beta.detach().numpy(),
+        "log_gamma": model.log_gamma.detach().numpy(),
+        "weight1": model.net.weight1.detach().numpy(),
+        "bias1": model.net.bias1.detach().numpy(),
+        "weight2": model.net.weight2.detach().numpy(),
+        "bias2": model.net.bias2.detach().numpy(),
+    }
+    if model.log_delta is not None:
+        arrays["log_delta"] = model.log_delta.detach().numpy()
+    return arrays
+
+
+def losses_and_gradients(
+    model: QSIRModel, targets: Targets, config: FitConfig, problem: AdjointProblem | None
+) -> torch.Tensor:
+    """Return every member's loss and store the gradient of their (finite) sum in ``.grad``.
+
+    Uses the hand-written adjoint when ``problem`` is given, else autograd. Members with a
+    non-finite loss get zero gradients.
+    """
+    if problem is None:
+        losses = member_losses(model, targets, config)
+        finite = torch.isfinite(losses)
+        losses[finite].sum().backward()
+        return losses.detach()
+    problem.removed_weight = targets.removed_weight.numpy().copy()
+    values, grads = loss_and_gradients(_model_arrays(model), problem)
+    finite = np.isfinite(values)
+    parameters = dict(model.named_parameters())
+    for name, grad in grads.items():
+        key = name if name in parameters else f"net.{name}"
+        shape = (-1,) + (1,) * (grad.ndim - 1)
+        grad = np.where(finite.reshape(shape), grad, 0.0)
+        tensor = torch.from_numpy(np.ascontiguousarray(grad)).to(DTYPE)
+        parameter = parameters[key]
+        if parameter.grad is None:
+            parameter.grad = tensor
+        else:
+            parameter.grad.add_(tensor)
+    return torch.from_numpy(values)
+
+
 class _MinLossTracker:
     """Keeps, for every member, the parameters with the lowest loss seen so far."""
 
@@ -376,12 +454,12 @@ def _run_stage(
     first_step = 0
     if checkpoint is not None:
         first_step = checkpoint.resume(stage, model, optimizer, tracker)
+    fast = adjoint_problem(model, targets, config)
     for step in range(first_step, adam_steps):
         optimizer.zero_grad()
-        losses = member_losses(model, targets, config)
+        losses = losses_and_gradients(model, targets, config, fast)
         tracker.update(losses)
         finite = torch.isfinite(losses)
-        losses[finite].sum().backward()
         _apply_masks(model, masks)
         optimizer.step()
         model.apply_fixed_()
@@ -394,7 +472,7 @@ def _run_stage(
     tracker.update(member_losses(model, targets, config).detach())
     tracker.restore()
     if config.lbfgs_steps > 0:
-        _run_lbfgs(model, targets, config, masks, tracker)
+        _run_lbfgs(model, targets, config, masks, tracker, fast)
         tracker.restore()
     if progress is not None and config.lbfgs_steps > 0:
         progress.update(config.lbfgs_steps)
@@ -407,6 +485,7 @@ def _run_lbfgs(
     config: FitConfig,
     masks: dict[str, torch.Tensor],
     tracker: _MinLossTracker,
+    fast: AdjointProblem | None,
 ) -> None:
     optimizer = torch.optim.LBFGS(
         model.parameters(),
@@ -418,14 +497,13 @@ def _run_lbfgs(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        losses = member_losses(model, targets, config)
+        losses = losses_and_gradients(model, targets, config, fast)
         tracker.update(losses)
         total = losses.sum()
         if not torch.isfinite(total):
             return torch.tensor(math.inf, dtype=DTYPE)
-        total.backward()
         _apply_masks(model, masks)
-        return total.detach()
+        return total
 
     try:
         optimizer.step(closure)

@@ -206,6 +206,23 @@ class QSIRModel(nn.Module):
             return torch.zeros_like(self.log_beta)
         return self.log_delta.exp()
 
+    def input_scales(self) -> torch.Tensor:
+        """Divisors of the network inputs (S, I, R, T), shape ``(members, 4)``.
+
+        Raw inputs are not scaled. Normalised inputs are S / N and I, R, T divided by the
+        case scale.
+        """
+        if self.input_scale == "raw":
+            return torch.ones(self.members, 4, dtype=DTYPE)
+        case = self.case_scale
+        return torch.stack([self.population, case, case, case], dim=1)
+
+    def output_scale(self) -> torch.Tensor:
+        """Factor from |network output| to Q: 1 / N for raw inputs, else 1; ``(members,)``."""
+        if self.input_scale == "raw":
+            return 1.0 / self.population
+        return torch.ones(self.members, dtype=DTYPE)
+
     def quarantine(
         self, state: torch.Tensor, t: torch.Tensor | float = 0.0, net: QuarantineNet | None = None
     ) -> torch.Tensor:
@@ -236,12 +253,9 @@ class QSIRModel(nn.Module):
         bias1, bias2 = net.bias1.unsqueeze(1), net.bias2.unsqueeze(1)
         if self.input_scale == "raw":
             input_factor = None
-            output_factor = 1.0 / self.population
+            output_factor = self.output_scale()
         else:
-            scale = torch.stack(
-                [self.population, self.case_scale, self.case_scale, self.case_scale], dim=1
-            )
-            input_factor = (1.0 / scale[:, :count]).unsqueeze(1)
+            input_factor = (1.0 / self.input_scales()[:, :count]).unsqueeze(1)
             output_factor = None
 
         def quarantine(state: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:

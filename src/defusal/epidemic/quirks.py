@@ -156,7 +156,9 @@ def detect_row_problems(
 def _recovered_share(
     confirmed: np.ndarray, recovered: np.ndarray, stop: int | None
 ) -> float | None:
-    end = stop if stop is not None else len(recovered)
+    # Series shorter than the lag (the 24-27 day medRxiv tracks of Italy and the US) have no
+    # day with a lagged partner; slicing them anyway gives arrays of different lengths.
+    end = min(stop if stop is not None else len(recovered), len(confirmed))
     if end <= RECOVERY_LAG_DAYS:
         return None
     lagged = confirmed[: end - RECOVERY_LAG_DAYS]

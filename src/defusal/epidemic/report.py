@@ -73,15 +73,18 @@ V2_REGIONS = (
 )
 
 # Normalised network inputs: with raw head counts, Q(t) can only vary through weights of
-# order 100 (I, R, T stay below 1% of N), which 300 Adam steps do not reach, and the fitted Q
-# stays flat. The published fits ran 500-2500 steps.
+# order 100 (I, R, T stay below 1% of N), which a few hundred Adam steps do not reach, and the
+# fitted Q stays flat. While S/N stays near 1 the confirmed counts fix only beta - gamma - Q(t),
+# so beta and the level of Q trade off and beta stays near its initial value: beta0 = 0.8
+# starts Q(0) near 0.5 per day, the level of the published Q(t) curves (0.4-1.1).
 QUICK_CONFIG = FitConfig(
     version="v2",
     seeds=(50, 51, 52),
     input_scale="normalised",
-    adam_steps=300,
-    adam_lr=0.05,
+    adam_steps=500,
+    adam_lr=0.02,
     lbfgs_steps=20,
+    beta0=0.8,
 )
 QUICK_HORIZON = 60
 # The published US forecasts run from 1 April to about 20 April 2020.

@@ -12,7 +12,11 @@ fitted model's state on that day, with beta, gamma, delta and the networks froze
 - ``fixed:Q``: a constant quarantine strength Q per day.
 
 A forecast is flagged as exponential explosion when R_t stays above 1 over the last
-``EXPLOSION_WINDOW`` days of the horizon and infected people still grow on its last day.
+``EXPLOSION_WINDOW`` days of the horizon, infected people grow on each of those days, and the
+growth does not stagnate: the mean daily growth rate of log I over those days is at least
+``STAGNATION_RATIO`` times its rate over the first ``EXPLOSION_WINDOW`` days. The
+flag of a region is computed on the ensemble median (per day, over seeds) of I and R_t, so
+one seed with a runaway or a stalled network does not decide it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from defusal.epidemic.metrics import (
     EVALUATION_ATOL,
     EVALUATION_RTOL,
     EVALUATION_SOLVER,
+    EVALUATION_STEP,
     Trajectory,
     first_day_below_one,
     simulate_members,
@@ -35,6 +40,8 @@ from defusal.epidemic.model import QOverride, QuarantineNet
 from defusal.errors import DefusalError
 
 EXPLOSION_WINDOW = 7
+# Growth that slows to less than half its initial rate counts as stagnation, not explosion.
+STAGNATION_RATIO = 0.5
 KINDS = ("continue", "relax", "adopt", "fixed")
 
 
@@ -168,8 +175,8 @@ class Forecast:
         scenario: the scenario.
         trajectory: daily curves, ``states`` shape ``(horizon + 1, members, 4)``.
         best_column: column of the lowest-loss member in the trajectory.
-        explosion: the best member's forecast is an exponential explosion.
-        explosion_share: share of members whose forecast is an explosion.
+        explosion: the ensemble median forecast is an exponential explosion.
+        explosion_share: share of members whose own forecast is an explosion.
         rt_below_one_day: first forecast day with R_t < 1 (best member), or None.
     """
 
@@ -192,14 +199,25 @@ class Forecast:
 
 
 def is_explosion(infected: np.ndarray, rt: np.ndarray, window: int = EXPLOSION_WINDOW) -> bool:
-    """Return whether R_t > 1 over the last ``window`` days and I still grows on the last day.
+    """Return whether I grows exponentially without stagnation at the end of a forecast.
+
+    True when, over the last ``window`` days, R_t > 1, I grows on each day, and the mean
+    growth rate of log I is at least ``STAGNATION_RATIO`` times its rate over the first
+    ``window`` days (or the first rate is not positive).
 
     Args:
         infected: infected I per day, shape ``(days,)``.
         rt: R_t per day, shape ``(days,)``.
     """
-    window = min(window, len(rt))
-    return bool(np.all(rt[-window:] > 1) and infected[-1] > infected[-2])
+    window = min(window, len(rt) - 1)
+    growing = np.diff(infected[-(window + 1) :]) > 0
+    if not (np.all(rt[-window:] > 1) and np.all(growing)):
+        return False
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_infected = np.log(np.maximum(infected, 1e-300))
+    first_rate = (log_infected[window] - log_infected[0]) / window
+    last_rate = (log_infected[-1] - log_infected[-(window + 1)]) / window
+    return bool(first_rate <= 0 or last_rate >= STAGNATION_RATIO * first_rate)
 
 
 def forecast(
@@ -235,6 +253,7 @@ def forecast(
             last,
             time_scale=targets.time_scale,
             method=EVALUATION_SOLVER,
+            step=EVALUATION_STEP,
             rtol=EVALUATION_RTOL,
             atol=EVALUATION_ATOL,
         )
@@ -246,11 +265,13 @@ def forecast(
     flags = [
         is_explosion(trajectory.states[:, c, 1], trajectory.rt[:, c]) for c in range(len(members))
     ]
+    median_infected = np.median(trajectory.states[:, :, 1], axis=1)
+    median_rt = np.median(trajectory.rt, axis=1)
     return Forecast(
         scenario,
         trajectory,
         best_column,
-        flags[best_column],
+        is_explosion(median_infected, median_rt),
         float(np.mean(flags)),
         first_day_below_one(trajectory.rt[:, best_column]),
     )
