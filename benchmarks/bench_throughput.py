@@ -4,8 +4,9 @@ Three networks with the same layers, widths and weights train on the same batche
 
 - torch: ``torch.nn.LSTM`` / ``GRU`` (``batch_first``) and an ``nn.Linear`` readout;
 - stack: defusal's cell-by-cell :class:`defusal.nets.RecurrentStack`, the network that
-  LSC pre-training needs and that the experiment runner hands to :func:`defusal.train.train`;
-- fused: :class:`defusal.nets.FusedRecurrentNetwork`, the stack's weights in the torch module.
+  LSC pre-training needs;
+- fused: :class:`defusal.nets.FusedRecurrentNetwork`, the stack's weights in the torch module,
+  which the experiment runner trains for LSTM and GRU stacks.
 
 One training step is a forward pass, cross-entropy on the time-averaged logits, the backward
 pass and an AdamW step.
@@ -121,8 +122,8 @@ def run(size: str) -> list[Table]:
         [
             "Target: at least 0.8 of torch's sequences per second.",
             "defusal.train.train trains whatever module it is given; the experiment runner "
-            "builds and trains the cell-by-cell stack (the 'stack' column). The fused network "
-            "is the faster option for plain training when no per-step Jacobians are needed.",
+            "pre-trains the cell-by-cell stack and trains its fused copy (the 'fused' column) "
+            "for LSTM and GRU networks.",
             f"Median of {settings['repeats']} training steps after one warm-up step, per network.",
         ]
     )

@@ -465,3 +465,30 @@ def test_gradinit_keeps_parameter_names():
     # 96 training examples in batches of 16 give 6 batches, fewer than the 20 steps allowed.
     assert summary["steps"] == 6
     assert summary["scale_min"] >= 0.01
+
+
+def test_fused_training_copy_matches_stack():
+    from defusal.experiments.runner import fused_for_training
+    from defusal.nets import build_network
+    from defusal.train import parameter_groups
+
+    stack = build_network("lstm", 5, 8, 3, 4, seed=0)
+    fused = fused_for_training(stack)
+    x = torch.randn(2, 7, 5, generator=torch.Generator().manual_seed(1))
+
+    assert fused is not stack
+    assert torch.allclose(fused(x)[0], stack(x)[0], atol=1e-5)
+    assert [name for name in parameter_groups(fused) if name.startswith("cells.")] == [
+        "cells.0",
+        "cells.1",
+        "cells.2",
+    ]
+
+
+def test_fused_training_keeps_other_networks():
+    from defusal.experiments.runner import fused_for_training
+    from defusal.nets import build_network
+
+    stack = build_network("relu_rnn", 5, 8, 2, 4, seed=0)
+
+    assert fused_for_training(stack) is stack

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor, nn
 
@@ -26,9 +28,16 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
+_FUSED_LAYER = re.compile(r"^(?:weight|bias)_(?:ih|hh)_l(\d+)$")
+
+
 def layer_name(parameter_name: str) -> str:
     """Return the layer of a dotted parameter name, as :func:`parameter_groups` defines it."""
     parts = parameter_name.split(".")
+    fused_layer = _FUSED_LAYER.match(parts[-1]) if len(parts) == 2 else None
+    if fused_layer:
+        # A fused torch.nn.LSTM/GRU names layer l "weight_ih_l{l}"; report it as the stack does.
+        return f"cells.{fused_layer.group(1)}"
     if len(parts) >= 3 and parts[1].isdigit():
         return ".".join(parts[:2])
     if len(parts) >= 2:
