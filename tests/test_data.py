@@ -428,3 +428,10 @@ def test_cli_fetch_no_address(tmp_path, capsys):
     assert "no canonical download address" in error
     assert "\n" not in error
     assert not tmp_path.exists()
+
+
+def test_cli_data_dir_before_command(capsys, real_data_dir):
+    status = main(["--data-dir", str(real_data_dir), "data", "verify", "dandekar_tracks"])
+
+    assert status == 0
+    assert "1 of 1 files OK" in capsys.readouterr().out

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect and defuse exponential explosion in learned dynamical systems.",
     )
     parser.add_argument("--version", action="version", version=f"defusal {__version__}")
+    # Accepted before the command too; a sub-command's own --data-dir takes precedence.
+    parser.add_argument("--data-dir", dest="global_data_dir", default=None, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"defusal.cli.{name}").register(subparsers)
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    if getattr(args, "data_dir", None) is None and args.global_data_dir is not None:
+        args.data_dir = args.global_data_dir
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
