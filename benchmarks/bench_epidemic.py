@@ -1,27 +1,30 @@
 """Seconds to fit the quarantine model to each of the four original regions, and to all at once.
 
-The four regions are the medRxiv 2020 training tracks (Wuhan, Italy, South Korea, US, the US
-with gamma fixed at the published value). Each region is fitted alone with
-:func:`defusal.epidemic.fit.fit_regions` and the default :class:`FitConfig` (Adam, then L-BFGS,
-then the second stage where recovered counts are unreliable), then all four together as one
-batched ensemble.
+The regions and settings are those of the four-region comparison
+(:func:`defusal.epidemic.report.run_quick_comparison`): the JHU windows of
+:data:`defusal.epidemic.report.V2_REGIONS` (Wuhan replaced by Hubei, the US with gamma fixed
+at the published value and the infected term only) and
+:data:`defusal.epidemic.report.QUICK_CONFIG` (3 seeds, normalised inputs, network monotone in
+T, 500 Adam and 20 L-BFGS steps). Each region is fitted alone with
+:func:`defusal.epidemic.fit.fit_regions`, then all four together as one batched ensemble.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
 
 from benchmarks.harness import Table, measure, megabytes
-from defusal.epidemic.data import tracks_region
-from defusal.epidemic.fit import US_FIXED_GAMMA, FitConfig, FitProblem, fit_regions
+from defusal.epidemic.fit import FitConfig, FitProblem, fit_regions
+from defusal.epidemic.report import QUICK_CONFIG, V2_REGIONS, comparison_problems
 
 logger = logging.getLogger(__name__)
 
-REGIONS = ("Wuhan", "Italy", "South Korea", "US")
+REGIONS = tuple(region.published for region in V2_REGIONS)
 SETTINGS = {
-    # NOTE: one fit takes minutes on a loaded 2-core machine, so each is timed once.
+    # One fit of the comparison settings takes about 10 s, so each is timed once.
     "full": {"config": {}, "repeats": 1},
     "tiny": {"config": {"adam_steps": 3, "lbfgs_steps": 1, "stage2_steps": 2}, "repeats": 1},
 }
@@ -29,9 +32,9 @@ TARGET_SECONDS = 30.0
 
 
 def problem(region: str) -> FitProblem:
-    """Return the fit problem of one original region."""
-    series = tracks_region(region, "medrxiv")
-    return FitProblem(series, fixed_gamma=US_FIXED_GAMMA if region == "US" else None)
+    """Return the fit problem of one comparison region (its JHU window and options)."""
+    entry = next(item for item in V2_REGIONS if item.published == region)
+    return comparison_problems((entry,))[0]
 
 
 def _fit_into(results: list, problems: list[FitProblem], config: FitConfig) -> None:
@@ -41,15 +44,17 @@ def _fit_into(results: list, problems: list[FitProblem], config: FitConfig) -> N
 def run(size: str) -> list[Table]:
     """Fit each region alone and all together; return one table."""
     settings = SETTINGS[size]
-    config = FitConfig(**settings["config"])
+    config = dataclasses.replace(QUICK_CONFIG, **settings["config"])
     table = Table(
-        title="Quarantine-model fit (defaults: 300 Adam + 20 L-BFGS steps per stage)"
+        title=f"Quarantine-model fit (comparison settings: {len(config.seeds)} seeds, "
+        f"{config.adam_steps} Adam + {config.lbfgs_steps} L-BFGS steps)"
         if size == "full"
-        else "Quarantine-model fit (tiny: a few steps)",
+        else "Quarantine-model fit (comparison settings, tiny: a few steps)",
         columns=["fit", "days", "two stages", "seconds", "final loss", "peak MiB", "target"],
     )
     # Warm-up: a short fit of one region, so the first timed fit pays no start-up cost.
-    fit_regions([problem(REGIONS[0])], FitConfig(adam_steps=2, lbfgs_steps=0, stage2_steps=0))
+    warmup = dataclasses.replace(config, adam_steps=2, lbfgs_steps=0, stage2_steps=0)
+    fit_regions([problem(REGIONS[0])], warmup)
 
     problems, total = [], 0.0
     for region in REGIONS:
@@ -118,8 +123,8 @@ def run(size: str) -> list[Table]:
             f"separate fits = {ensemble.median / max(total, 1e-9):.2f}.",
             "Final loss: the region's lowest member loss; for the ensemble the largest "
             "member loss.",
-            f"Each fit timed {settings['repeats']} time(s) after a short warm-up fit: a full "
-            "fit takes minutes, so repeats would break the time budget of `make bench`.",
+            f"Each fit timed {settings['repeats']} time(s) after a short warm-up fit, to keep "
+            "`make bench` short.",
         ]
     )
     return [table]

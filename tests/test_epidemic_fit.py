@@ -225,15 +225,22 @@ def test_interrupted_fit_resumes(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("version", "input_scale", "step"), [("v2", "raw", 1.0), ("v3", "normalised", 0.5)]
+    ("version", "input_scale", "step", "monotone"),
+    [("v2", "raw", 1.0, False), ("v3", "normalised", 0.5, False), ("v2", "normalised", 1.0, True)],
 )
-def test_adjoint_gradient_matches_autograd(version, input_scale, step):
+def test_adjoint_gradient_matches_autograd(version, input_scale, step, monotone):
     from defusal.epidemic.fit import adjoint_problem, build_model, losses_and_gradients
 
-    config = FitConfig(version=version, input_scale=input_scale, step=step, seeds=(3, 4))
+    config = FitConfig(
+        version=version, input_scale=input_scale, step=step, seeds=(3, 4), monotone_t=monotone
+    )
     problems = [FitProblem(synthetic_series())]
     targets = build_targets(problems, config)
     model = build_model(problems, config)
+    with torch.no_grad():
+        # Negative stored values exercise the sign of |w| in the monotone chain rule.
+        model.net.weight2[0, 0, 0] = -0.3
+        model.net.bias2[1, 0] = -0.05
     reference_loss = member_losses(model, targets, config)
     reference_loss.sum().backward()
     reference = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -242,3 +249,10 @@ def test_adjoint_gradient_matches_autograd(version, input_scale, step):
     assert torch.allclose(losses, reference_loss.detach(), rtol=1e-10)
     for name, parameter in model.named_parameters():
         assert torch.allclose(parameter.grad, reference[name], rtol=1e-8, atol=1e-12), name
+
+
+def test_monotone_t_rejects_v3():
+    from defusal.errors import DefusalError
+
+    with pytest.raises(DefusalError):
+        FitConfig(version="v3", monotone_t=True)

@@ -247,3 +247,34 @@ def test_fast_rk4_matches_torchdiffeq(method):
             start_state(2), 20, method=method, step=0.1, rtol=1e-10, atol=1e-8
         )
     assert torch.allclose(fast, reference, rtol=1e-6)
+
+
+def test_monotone_q_nondecreasing_in_t():
+    model = make_model("v2", seeds=(0, 1, 2, 3), monotone_t=True)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in model.net.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
+    state = start_state(4).repeat(50, 1, 1)
+    state[:, :, 3] = torch.linspace(0.0, 5.0e4, 50, dtype=torch.float64).unsqueeze(1)
+    q = torch.stack([model.quarantine(row) for row in state])
+    assert bool((q.diff(dim=0) >= -1e-15).all())
+
+
+def test_monotone_net_uses_absolute_weights():
+    model = make_model("v2", seeds=(5,), monotone_t=True)
+    net = model.net
+    with torch.no_grad():
+        net.weight2.neg_()
+        net.bias2.fill_(-0.2)
+    inputs = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    weight1 = net.weight1[0].clone()
+    weight1[3] = weight1[3].abs()
+    hidden = torch.relu(inputs @ weight1 + net.bias1[0])
+    expected = (hidden @ net.weight2[0].abs() + 0.2).reshape(())
+    assert torch.allclose(net(inputs)[0], expected)
+
+
+def test_monotone_rejects_v3_network():
+    with pytest.raises(ValueError):
+        make_model("v3", monotone_t=True)

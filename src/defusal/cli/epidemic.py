@@ -130,6 +130,14 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
         f"I, R, T over the largest confirmed count (default {QUICK_CONFIG.input_scale})",
     )  # fmt: skip
     parser.add_argument(
+        "--monotone-t", action=argparse.BooleanOptionalAction, default=QUICK_CONFIG.monotone_t,
+        help="V2 only, ignored for V3: constrain the network so that Q never falls when the "
+        "quarantined count T grows (non-negative T weights and output layer), so Q past the "
+        "training window keeps rising with T; --no-monotone-t is the original unconstrained "
+        "network "
+        f"(default {'on' if QUICK_CONFIG.monotone_t else 'off'})",
+    )  # fmt: skip
+    parser.add_argument(
         "--grid", choices=("day", "stretched"), default="day",
         help="data day k at t = k, or at t = k n/(n-1) as in the original code",
     )  # fmt: skip
@@ -174,6 +182,7 @@ def _config(args: argparse.Namespace):
         two_stage=args.two_stage,
         stage2_steps=args.steps,
         beta0=args.beta0,
+        monotone_t=args.monotone_t and args.version == "v2",
     )
 
 

@@ -64,6 +64,8 @@ class FitConfig:
         beta0, gamma0, delta0: initial rates per day.
         hidden: hidden units of the network.
         quarantine: ``"network"`` (published) or ``"logistic"`` (parametric Q(t) baseline).
+        monotone_t: constrain the V2 network so that Q is non-decreasing in the quarantined
+            count T (see :class:`defusal.epidemic.model.QuarantineNet`); False is the original.
     """
 
     version: str = "v2"
@@ -86,6 +88,7 @@ class FitConfig:
     delta0: float = 0.01
     hidden: int = 10
     quarantine: str = "network"
+    monotone_t: bool = False
 
     def __post_init__(self) -> None:
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -104,6 +107,11 @@ class FitConfig:
             raise DefusalError("at least one seed is needed")
         if self.adam_steps < 0 or self.lbfgs_steps < 0 or self.stage2_steps < 0:
             raise DefusalError("iteration counts must not be negative")
+        if self.monotone_t and (self.version != "v2" or self.quarantine != "network"):
+            raise DefusalError(
+                "monotone_t needs the V2 network model, whose input includes T; "
+                "use version v2 and quarantine network, or turn monotone_t off"
+            )
         if not (0 < self.step <= 1):
             raise DefusalError(f"invalid solver step {self.step}; choose 0 < step <= 1 day")
 
@@ -284,6 +292,7 @@ def build_model(problems: list[FitProblem], config: FitConfig) -> QSIRModel:
         fixed_gamma=torch.tensor(fixed, dtype=DTYPE),
         hidden=config.hidden,
         quarantine=config.quarantine,
+        monotone_t=config.monotone_t,
     ).to(DTYPE)
 
 
@@ -345,13 +354,15 @@ def adjoint_problem(model: QSIRModel, targets: Targets, config: FitConfig) -> Ad
 
 
 def _model_arrays(model: QSIRModel) -> dict[str, np.ndarray]:
+    # The adjoint sees the effective weights; _chain_monotone maps their gradients back.
+    weight1, bias1, weight2, bias2 = model.net.effective_parameters()
     arrays = {
         "log_beta": model.log_beta.detach().numpy(),
         "log_gamma": model.log_gamma.detach().numpy(),
-        "weight1": model.net.weight1.detach().numpy(),
-        "bias1": model.net.bias1.detach().numpy(),
-        "weight2": model.net.weight2.detach().numpy(),
-        "bias2": model.net.bias2.detach().numpy(),
+        "weight1": weight1.detach().numpy(),
+        "bias1": bias1.detach().numpy(),
+        "weight2": weight2.detach().numpy(),
+        "bias2": bias2.detach().numpy(),
     }
     if model.log_delta is not None:
         arrays["log_delta"] = model.log_delta.detach().numpy()
@@ -373,6 +384,8 @@ def losses_and_gradients(
         return losses.detach()
     problem.removed_weight = targets.removed_weight.numpy().copy()
     values, grads = loss_and_gradients(_model_arrays(model), problem)
+    if model.net.monotone:
+        _chain_monotone(model, grads)
     finite = np.isfinite(values)
     parameters = dict(model.named_parameters())
     for name, grad in grads.items():
@@ -386,6 +399,14 @@ def losses_and_gradients(
         else:
             parameter.grad.add_(tensor)
     return torch.from_numpy(values)
+
+
+def _chain_monotone(model: QSIRModel, grads: dict[str, np.ndarray]) -> None:
+    """Turn gradients with respect to |w| into gradients with respect to w (in place)."""
+    net = model.net
+    grads["weight1"][:, 3:] *= np.sign(net.weight1.detach().numpy()[:, 3:])
+    grads["weight2"] *= np.sign(net.weight2.detach().numpy())
+    grads["bias2"] *= np.sign(net.bias2.detach().numpy())
 
 
 class _MinLossTracker:

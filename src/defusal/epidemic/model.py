@@ -18,6 +18,16 @@ Q = |NN(u)| / N. With ``input_scale="normalised"`` it reads S / N and I, R, T di
 case scale (the largest confirmed count of the training window) and Q = |NN(x)|. beta, gamma
 and delta are stored as logarithms, so they stay positive.
 
+``monotone_t=True`` (V2) makes the network's Q non-decreasing in the quarantined count T, all
+else fixed: the T-input weights of the first layer, the second layer and its bias enter as
+absolute values. The raw-count network of the original is nearly linear in the compartments,
+so its Q keeps rising with T (which only grows) after the training window. An unconstrained
+network on normalised inputs has no such trend: in fits to the JHU windows of the four V2
+regions its Q levelled off or fell after the window, so R_t drifted back above 1 and forecasts
+with unchanged policy exploded. The constraint states a mild prior, that quarantine does not
+weaken as more people are quarantined. ``input_scale="raw"`` without it remains the faithful
+original.
+
 A parametric alternative, ``quarantine="logistic"``, replaces the network by a logistic rise
 in time, Q(t) = q_max / (1 + exp(-(t - t_mid) / width)), with three parameters per member. It
 serves as a baseline and for recovery tests: with Q(0) pinned near 0, beta is identifiable,
@@ -52,17 +62,33 @@ class QuarantineNet(nn.Module):
     Weights are Glorot-uniform and biases zero (the Flux.jl defaults of the original), drawn
     from ``torch.Generator`` seeded with each member's seed.
 
+    With ``monotone=True`` (V2 only) the output is non-decreasing in the quarantined count T:
+    the first-layer weights of the T input, all second-layer weights and the output bias are
+    used as their absolute values, so the output is b2 + sum_h w2_h relu(...) with every term
+    non-negative and non-decreasing in T. The output is then never negative, and
+    Q = |output| grows or stays when T grows with S, I and R fixed.
+
     Args:
         in_features: 4 for V2 (S, I, R, T), 3 for V3 (S, I, R).
         seeds: one integer seed per member.
         hidden: hidden units (10 in both published versions).
+        monotone: constrain the output to be non-decreasing in T (needs ``in_features == 4``).
     """
 
-    def __init__(self, in_features: int, seeds: list[int], hidden: int = HIDDEN_UNITS):
+    def __init__(
+        self,
+        in_features: int,
+        seeds: list[int],
+        hidden: int = HIDDEN_UNITS,
+        monotone: bool = False,
+    ):
         super().__init__()
+        if monotone and in_features != 4:
+            raise ValueError("a network monotone in T needs the V2 input (S, I, R, T)")
         members = len(seeds)
         self.in_features = in_features
         self.hidden = hidden
+        self.monotone = monotone
         self.weight1 = nn.Parameter(torch.zeros(members, in_features, hidden, dtype=DTYPE))
         self.bias1 = nn.Parameter(torch.zeros(members, hidden, dtype=DTYPE))
         self.weight2 = nn.Parameter(torch.zeros(members, hidden, 1, dtype=DTYPE))
@@ -83,6 +109,23 @@ class QuarantineNet(nn.Module):
                 self.bias1[m] = 0.0
                 self.bias2[m] = 0.0
 
+    def effective_parameters(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the weights and biases the network computes with.
+
+        They are the stored parameters, except for a monotone network, whose T-input row of
+        ``weight1``, ``weight2`` and ``bias2`` enter as absolute values.
+
+        Returns:
+            ``weight1`` ``(members, in, hidden)``, ``bias1`` ``(members, hidden)``,
+            ``weight2`` ``(members, hidden, 1)``, ``bias2`` ``(members, 1)``.
+        """
+        if not self.monotone:
+            return self.weight1, self.bias1, self.weight2, self.bias2
+        weight1 = torch.cat([self.weight1[:, :3], self.weight1[:, 3:].abs()], dim=1)
+        return weight1, self.bias1, self.weight2.abs(), self.bias2.abs()
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Evaluate every member's network on its own input.
 
@@ -92,10 +135,9 @@ class QuarantineNet(nn.Module):
         Returns:
             The raw (signed) output, shape ``(members,)``.
         """
-        hidden = torch.relu(
-            torch.baddbmm(self.bias1.unsqueeze(1), inputs.unsqueeze(1), self.weight1)
-        )
-        return torch.baddbmm(self.bias2.unsqueeze(1), hidden, self.weight2).reshape(-1)
+        weight1, bias1, weight2, bias2 = self.effective_parameters()
+        hidden = torch.relu(torch.baddbmm(bias1.unsqueeze(1), inputs.unsqueeze(1), weight1))
+        return torch.baddbmm(bias2.unsqueeze(1), hidden, weight2).reshape(-1)
 
 
 class QSIRModel(nn.Module):
@@ -112,6 +154,8 @@ class QSIRModel(nn.Module):
         hidden: hidden units of the network.
         quarantine: ``"network"`` (the published model) or ``"logistic"`` (parametric Q(t)).
         logistic0: initial (q_max, t_mid, width) of the logistic Q.
+        monotone_t: make the network's Q non-decreasing in T (V2 network only), see
+            :class:`QuarantineNet`.
     """
 
     def __init__(
@@ -129,6 +173,7 @@ class QSIRModel(nn.Module):
         hidden: int = HIDDEN_UNITS,
         quarantine: str = "network",
         logistic0: tuple[float, float, float] = (0.3, 10.0, 3.0),
+        monotone_t: bool = False,
     ):
         super().__init__()
         if quarantine not in QUARANTINE_MODELS:
@@ -158,7 +203,7 @@ class QSIRModel(nn.Module):
         self.quarantine_model = quarantine
         in_features = 4 if version == "v2" else 3
         if quarantine == "network":
-            self.net = QuarantineNet(in_features, self.seeds, hidden)
+            self.net = QuarantineNet(in_features, self.seeds, hidden, monotone=monotone_t)
         else:
             self.net = None
             q_max, t_mid, width = logistic0
@@ -249,8 +294,8 @@ class QSIRModel(nn.Module):
             return lambda state, t: q_max * torch.sigmoid((t - t_mid) / width)
         net = self.net if net is None else net
         count = net.in_features
-        weight1, weight2 = net.weight1, net.weight2
-        bias1, bias2 = net.bias1.unsqueeze(1), net.bias2.unsqueeze(1)
+        weight1, bias1, weight2, bias2 = net.effective_parameters()
+        bias1, bias2 = bias1.unsqueeze(1), bias2.unsqueeze(1)
         if self.input_scale == "raw":
             input_factor = None
             output_factor = self.output_scale()

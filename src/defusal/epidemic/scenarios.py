@@ -114,8 +114,9 @@ def blend_quarantine(
 
 def _member_network_output(net: QuarantineNet, member: int, inputs: torch.Tensor) -> torch.Tensor:
     """Evaluate network ``member`` of ``net`` on every row of ``inputs`` (members, in)."""
-    hidden = torch.relu(inputs @ net.weight1[member] + net.bias1[member])
-    return (hidden @ net.weight2[member] + net.bias2[member]).reshape(-1)
+    weight1, bias1, weight2, bias2 = net.effective_parameters()
+    hidden = torch.relu(inputs @ weight1[member] + bias1[member])
+    return (hidden @ weight2[member] + bias2[member]).reshape(-1)
 
 
 def other_quarantine(result: FitResult, other: FitResult, other_member: int) -> QOverride:
