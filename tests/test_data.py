@@ -435,3 +435,13 @@ def test_cli_data_dir_before_command(capsys, real_data_dir):
 
     assert status == 0
     assert "1 of 1 files OK" in capsys.readouterr().out
+
+
+def test_cli_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["data", "verify", "--no-such-option"])
+
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("defusal: error:")

@@ -492,3 +492,28 @@ def test_fused_training_keeps_other_networks():
     stack = build_network("relu_rnn", 5, 8, 2, 4, seed=0)
 
     assert fused_for_training(stack) is stack
+
+
+def test_runner_recomputes_corrupt_checkpoints(tmp_path):
+    runs, _ = toy_experiment(seeds=1).expand("quick")
+    spec = runs[1]
+    uninterrupted = toy_runner(tmp_path / "a").run(spec)
+
+    def stop_after_two(*args, **kwargs):
+        def on_epoch_end(epoch, row):
+            if epoch == 2:
+                raise Interrupt
+
+        return train(*args, **kwargs, on_epoch_end=on_epoch_end)
+
+    with pytest.raises(Interrupt):
+        toy_runner(tmp_path / "b", trainer=stop_after_two).run(spec)
+    folder = tmp_path / "b" / "toy" / spec.run_id
+    for name in ("init.pt", "checkpoint.pt"):
+        (folder / name).write_bytes((folder / name).read_bytes()[:100])
+
+    condition = Counter(toy_condition)
+    resumed = toy_runner(tmp_path / "b", condition=condition).run(spec)
+
+    assert len(condition.calls) == 1
+    assert resumed.history[-1]["test_loss"] == uninterrupted.history[-1]["test_loss"]

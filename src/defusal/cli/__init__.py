@@ -10,17 +10,25 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from defusal.errors import DefusalError
 
 COMMAND_MODULES = ("data", "fig1", "lsc", "epidemic", "reproduce")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser that reports a usage error in one line instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"defusal: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every sub-command registered."""
     from defusal import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="defusal",
         description="Detect and defuse exponential explosion in learned dynamical systems.",
     )
@@ -52,5 +60,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"defusal: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("defusal: interrupted; finished results and checkpoints are kept", file=sys.stderr)
+        print("defusal: interrupted; files already written are complete", file=sys.stderr)
         return 130

@@ -139,6 +139,8 @@ class Runner:
         checkpoint = run_dir / "checkpoint.pt"
         initial = run_dir / "init.pt"
         condition_file = run_dir / "condition.json"
+        _discard_if_unreadable(checkpoint)
+        _discard_if_unreadable(initial)
         resume = checkpoint.is_file() and condition_file.is_file()
         if resume:
             logger.info("resuming run %s from %s", spec.run_id, checkpoint)
@@ -164,6 +166,17 @@ class Runner:
         from defusal.tasks import load_task
 
         return load_task(name, data_dir=self.data_dir, size=size, seed=0)
+
+
+def _discard_if_unreadable(path: Path) -> None:
+    """Delete a corrupt checkpoint so the run recomputes that part instead of failing."""
+    if not path.is_file():
+        return
+    try:
+        io.load_torch(path)
+    except DefusalError as error:
+        logger.warning("%s; deleting it and recomputing", error)
+        path.unlink()
 
 
 def fused_for_training(model: Any) -> Any:
