@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -292,3 +294,80 @@ def test_jhu_uk_recovered_stop(real_data_dir):
 def test_jhu_korea_alias(real_data_dir):
     series = jhu_region("South Korea", data_dir=real_data_dir, until="2020-02-25")
     assert series.dates[0] == pd.Timestamp("2020-02-23")
+
+
+def cli_error(capsys, *arguments):
+    """Run the CLI and return (status, standard error)."""
+    status = main(["epidemic", *arguments])
+    return status, capsys.readouterr().err
+
+
+def test_cli_population_below_confirmed(small_data, capsys):
+    status, error = cli_error(
+        capsys, "fit", "--region", "France", "--until", "2020-03-08", "--population", "100",
+        "--data-dir", str(small_data),
+    )  # fmt: skip
+    assert status == 2
+    assert error.count("\n") == 1
+    assert "population 100 " in error
+    assert "2,300" in error
+
+
+def test_cli_until_after_data(small_data, capsys):
+    status, error = cli_error(
+        capsys, "fit", "--region", "France", "--until", "2030-01-01",
+        "--data-dir", str(small_data),
+    )  # fmt: skip
+    assert status == 2
+    assert error.count("\n") == 1
+    assert "2030-01-01" in error
+    assert "2020-03-08" in error
+
+
+def test_cli_start_after_until(small_data, capsys):
+    status, error = cli_error(
+        capsys, "fit", "--region", "France", "--start", "2020-03-06", "--until", "2020-03-02",
+        "--data-dir", str(small_data),
+    )  # fmt: skip
+    assert status == 2
+    assert error.count("\n") == 1
+    assert "start 2020-03-06 is after until 2020-03-02" in error
+
+
+def test_cli_fit_prints_window_and_rejects_other_region(small_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    options = ["--data-dir", str(small_data), "--out", str(out), "--seeds", "1", "--steps",
+               "3", "--lbfgs-steps", "0", "--no-progress", "--horizon", "10"]  # fmt: skip
+    status = main(["epidemic", "fit", "--region", "France", "--until", "2020-03-07", *options])
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "France: fitting 2020-03-01 to 2020-03-07 (7 days)" in printed
+    saved = str(out / "epidemic_france.pt")
+    status, error = cli_error(capsys, "forecast", "--region", "Italy", "--fit", saved, *options)
+    assert status == 2
+    assert error.count("\n") == 1
+    assert "France" in error
+    assert "Italy" in error
+
+
+def test_cli_forecast_states_explosion_rule(small_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    options = ["--data-dir", str(small_data), "--out", str(out), "--seeds", "1", "--steps",
+               "3", "--lbfgs-steps", "0", "--no-progress", "--horizon", "10"]  # fmt: skip
+    status = main(
+        ["epidemic", "forecast", "--region", "France", "--until", "2020-03-08",
+         "--scenario", "continue", *options]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "median infected grew" in printed
+
+
+def test_empty_province_column_no_warning(tmp_path):
+    confirmed = {("", "Italy"): [400, 600, 900, 1300, 1800, 2400, 3000, 3500]}
+    deaths = {("", "Italy"): [0, 1, 2, 3, 4, 5, 6, 7]}
+    folder = write_jhu(tmp_path, confirmed, deaths, deaths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tables = load_jhu(folder)
+    assert tables.confirmed.index.get_level_values("province")[0] == ""

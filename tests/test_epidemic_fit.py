@@ -21,8 +21,9 @@ from defusal.epidemic.fit import (
 )
 from defusal.epidemic.metrics import summarize_region
 from defusal.epidemic.model import QSIRModel
+from defusal.epidemic.plots import plot_region
 from defusal.epidemic.populations import Population
-from defusal.epidemic.scenarios import forecast
+from defusal.epidemic.scenarios import EXPLOSION_GROWTH, explosion_text, forecast
 
 POPULATION = 1.0e6
 BETA, GAMMA = 0.5, 0.03
@@ -256,3 +257,47 @@ def test_monotone_t_rejects_v3():
 
     with pytest.raises(DefusalError):
         FitConfig(version="v3", monotone_t=True)
+
+
+def test_relax_explosion_text(network_fit):
+    # Q = 0 after 5 days gives R_t = beta / gamma, about 17, so I grows far past 10-fold.
+    result = forecast(network_fit, 0, "relax:5", horizon=40)
+    ratio, _ = result.median_growth
+    assert ratio >= EXPLOSION_GROWTH
+    assert "EXPLOSION: median infected grew" in explosion_text(result)
+
+
+def plotted_figure(monkeypatch, *args, **kwargs):
+    """Call plot_region and return the figure it closes."""
+    import matplotlib.pyplot as plt
+
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    plot_region(*args, **kwargs)
+    return closed[0]
+
+
+def test_plot_drops_empty_forecast_panel(network_fit, tmp_path, monkeypatch):
+    summary, trajectory = summarize_region(network_fit, 0, 10)
+    best = trajectory.members.index(network_fit.best_member(0))
+    series = network_fit.problems[0].series
+    figure = plotted_figure(
+        monkeypatch, tmp_path / "a.png", series, "v2", summary, trajectory, best
+    )
+    assert len(figure.axes) == 3
+
+
+def test_plot_legends_and_name(network_fit, tmp_path, monkeypatch):
+    summary, trajectory = summarize_region(network_fit, 0, 10)
+    best = trajectory.members.index(network_fit.best_member(0))
+    series = network_fit.problems[0].series
+    continued = forecast(network_fit, 0, "continue", horizon=10)
+    figure = plotted_figure(
+        monkeypatch, tmp_path / "b.png", series, "v2", summary, trajectory, best,
+        [continued], name="Wuhan (JHU Hubei)",
+    )  # fmt: skip
+    q_labels = [text.get_text() for text in figure.axes[1].get_legend().get_texts()]
+    assert len(figure.axes) == 4
+    assert "best seed (lowest loss)" in q_labels
+    assert "band: 10th-90th percentile over 2 seeds" in q_labels
+    assert figure.texts[0].get_text().startswith("Wuhan (JHU Hubei):")

@@ -13,7 +13,12 @@ from torch import nn
 from defusal.epidemic.fit import FitConfig, FitProblem, time_scales
 from defusal.epidemic.metrics import doubling_time, first_day_below_one, inflection_day
 from defusal.epidemic.model import QSIRModel, reproduction_number, spread_parameter
-from defusal.epidemic.scenarios import blend_quarantine, is_explosion, parse_scenario
+from defusal.epidemic.scenarios import (
+    blend_quarantine,
+    is_explosion,
+    parse_scenario,
+    peak_growth,
+)
 
 POPULATION = 1.0e6
 
@@ -211,10 +216,39 @@ def test_no_explosion_when_growth_stalls():
 
 
 def test_no_explosion_when_growth_slows():
-    # Logistic growth: the rate of log I falls from about 0.3 to below 0.02 per day.
+    # Logistic growth from 2e5 to below 1e6 (under 10-fold): the rate of log I falls from
+    # about 0.24 to below 0.01 per day.
+    days = np.arange(30)
+    infected = 1e6 / (1 + 4 * np.exp(-0.3 * days))
+    assert not is_explosion(infected, np.full(30, 1.05))
+
+
+def test_explosion_when_logistic_grows_tenfold():
+    # Logistic growth from 1e3 to about 1e6 stalls at the end but grew 1000-fold.
     days = np.arange(30)
     infected = 1e6 / (1 + 999 * np.exp(-0.3 * days))
-    assert not is_explosion(infected, np.full(30, 1.05))
+    assert is_explosion(infected, np.full(30, 1.05))
+
+
+def test_explosion_when_outbreak_burns_out():
+    # Grows 100-fold by day 20, then falls: R_t < 1 and I shrinking at the horizon.
+    days = np.arange(61)
+    infected = 1e3 * np.exp(np.where(days <= 20, 0.23 * days, 4.6 - 0.2 * (days - 20)))
+    rt = np.where(days <= 20, 3.0, 0.5)
+    assert is_explosion(infected, rt)
+
+
+def test_no_explosion_below_tenfold_peak():
+    # Peaks at 1.5 times the start value on day 10, then falls.
+    days = np.arange(61)
+    infected = 2e5 * np.exp(np.where(days <= 10, 0.04 * days, 0.4 - 0.05 * (days - 10)))
+    rt = np.where(days <= 10, 1.2, 0.8)
+    assert not is_explosion(infected, rt)
+
+
+def test_peak_growth_ratio_and_day():
+    infected = np.array([2.0, 6.0, 30.0, 10.0])
+    assert peak_growth(infected) == (15.0, 2)
 
 
 def test_no_explosion_after_peak():

@@ -271,10 +271,21 @@ def _print_summary(summary) -> None:
     )
 
 
+def _window_text(series) -> str:
+    """Describe the fitted window: first and last date (or day numbers) and its length."""
+    days = len(series.days)
+    if series.dates is None:
+        return f"days {int(series.days[0])} to {int(series.days[-1])} ({days} data days)"
+    first, last = series.dates[0].date(), series.dates[-1].date()
+    return f"{first} to {last} ({days} days)"
+
+
 def _fit_and_save(args: argparse.Namespace, problem, out: Path):
     from defusal.epidemic.fit import fit_regions, save_fit
 
-    stem = _file_stem(problem.series.region)
+    series = problem.series
+    print(f"{series.region}: fitting {_window_text(series)}")
+    stem = _file_stem(series.region)
     result = fit_regions(
         [problem],
         _config(args),
@@ -290,6 +301,7 @@ def run_fit(args: argparse.Namespace) -> int:
     """Fit one region, print its results, save the model and a figure."""
     from defusal.epidemic.metrics import summarize_region
     from defusal.epidemic.plots import plot_region
+    from defusal.epidemic.scenarios import forecast
 
     out = Path(args.out)
     problem = _problem(args, args.region)
@@ -297,6 +309,7 @@ def run_fit(args: argparse.Namespace) -> int:
     result = _fit_and_save(args, problem, out)
     summary, trajectory = summarize_region(result, 0, args.horizon)
     _print_summary(summary)
+    continued = forecast(result, 0, "continue", args.horizon)
     figure = out / f"{_file_stem(problem.series.region)}.png"
     plot_region(
         figure,
@@ -305,17 +318,32 @@ def run_fit(args: argparse.Namespace) -> int:
         summary,
         trajectory,
         trajectory.members.index(result.best_member(0)),
+        [continued],
     )
     print(f"wrote {figure}")
     return 0
 
 
-def _load_or_fit(args: argparse.Namespace, region: str, out: Path, path: str | None = None):
+def _load_or_fit(
+    args: argparse.Namespace,
+    region: str,
+    out: Path,
+    path: str | None = None,
+    fitted_name: str | None = None,
+):
+    """Load the fit of ``region`` from ``path`` or the output folder, else fit it now.
+
+    ``fitted_name`` is the region name of the saved fit when it differs from ``region``
+    (a province selected with --province).
+    """
     from defusal.epidemic.fit import load_fit
 
-    saved = Path(path) if path else out / f"{_file_stem(region)}.pt"
+    fitted_name = fitted_name or region
+    saved = Path(path) if path else out / f"{_file_stem(fitted_name)}.pt"
     if saved.is_file():
-        return load_fit(saved)
+        result = load_fit(saved)
+        _check_fit_region(result, fitted_name, saved)
+        return result
     if path:
         raise DefusalError(f"fit file {saved} not found; run `defusal epidemic fit` first")
     problem = _problem(args, region)
@@ -323,16 +351,36 @@ def _load_or_fit(args: argparse.Namespace, region: str, out: Path, path: str | N
     return _fit_and_save(args, problem, out)
 
 
+def _region_key(name: str) -> str:
+    from defusal.epidemic.populations import ALIASES
+
+    return ALIASES.get(name, name).casefold()
+
+
+def _check_fit_region(result, region: str, path: Path) -> None:
+    """Raise when the saved fit at ``path`` is of another region than ``region``."""
+    fitted = [problem.series.region for problem in result.problems]
+    wanted = {_region_key(region)}
+    entry = _published_window(region)
+    if entry is not None:
+        wanted |= {_region_key(entry.published), _region_key(entry.jhu_name)}
+    if _region_key(fitted[0]) not in wanted:
+        raise DefusalError(
+            f"fit file {path} is a fit of {', '.join(fitted)}, not of {region}; give the fit "
+            f"of {region} with --fit, or omit --fit to fit {region} now"
+        )
+
+
 def run_forecast(args: argparse.Namespace) -> int:
     """Forecast scenarios of one region and flag exponential explosion."""
     from defusal.epidemic.metrics import summarize_region
     from defusal.epidemic.plots import plot_region
     from defusal.epidemic.report import scenario_rows
-    from defusal.epidemic.scenarios import forecast, parse_scenario
+    from defusal.epidemic.scenarios import explosion_text, forecast, parse_scenario
 
     out = Path(args.out)
     scenarios = [parse_scenario(text) for text in (args.scenario or ["continue", "relax:17"])]
-    result = _load_or_fit(args, args.region, out, args.fit)
+    result = _load_or_fit(args, args.region, out, args.fit, fitted_name=args.province)
     others = {}
     for scenario in scenarios:
         if scenario.kind == "adopt" and scenario.other not in others:
@@ -340,11 +388,11 @@ def run_forecast(args: argparse.Namespace) -> int:
             others[scenario.other] = (other, other.best_member(0))
     forecasts = [forecast(result, 0, scenario, args.horizon, others) for scenario in scenarios]
     series = result.problems[0].series
-    for row in scenario_rows(series.region, forecasts, series):
-        verdict = "EXPLOSION" if row["explosion"] else "no explosion"
+    for item, row in zip(forecasts, scenario_rows(series.region, forecasts, series), strict=True):
         print(
-            f"{row['region']} {row['scenario']} from {row['start']}: {verdict} "
-            f"({row['explosion_share']:.0%} of seeds); peak infected {row['peak_infected']:,} "
+            f"{row['region']} {row['scenario']} from {row['start']}: {explosion_text(item)}; "
+            f"{row['explosion_share']:.0%} of seeds explode; best seed: peak infected "
+            f"{row['peak_infected']:,} "
             f"on day {row['peak_day']}; infected on day {args.horizon}: "
             f"{row['final_infected']:,} (band {row['final_band']}); R_t {row['rt_final']}"
         )

@@ -216,7 +216,7 @@ def _read_wide(path: Path) -> pd.DataFrame:
         )
     counts.columns = dates
     counts.index = pd.MultiIndex.from_arrays(
-        [frame["Province/State"].fillna(""), frame["Country/Region"]],
+        [frame["Province/State"].astype(object).fillna(""), frame["Country/Region"]],
         names=["province", "country"],
     )
     return counts.astype(float)
@@ -282,7 +282,8 @@ def jhu_region(
 
     Raises:
         DefusalError: unknown region (with close matches), a region that never reaches
-            ``min_cases``, or an empty window.
+            ``min_cases``, an empty window, a start after the end, an end outside the
+            data, or a population not larger than the largest confirmed count.
         DataMissingError, DataCorruptError: missing or malformed files.
     """
     if min_cases < 1:
@@ -295,12 +296,23 @@ def jhu_region(
 
     reached = np.flatnonzero(confirmed >= min_cases)
     first_case = dates[reached[0]] if len(reached) else None
+    last = dates[-1] if until is None else parse_date(until)
+    if last < dates[0] or last > dates[-1]:
+        raise DefusalError(
+            f"until {last.date()} is outside the JHU dates {dates[0].date()} to "
+            f"{dates[-1].date()}; choose an end date within them"
+        )
     if start is not None:
         first = parse_date(start)
         if first < dates[0] or first > dates[-1]:
             raise DefusalError(
                 f"start {first.date()} is outside the JHU dates {dates[0].date()} to "
                 f"{dates[-1].date()}"
+            )
+        if first > last:
+            raise DefusalError(
+                f"start {first.date()} is after until {last.date()}; choose a start date "
+                "on or before the end date"
             )
     elif first_case is None:
         raise DefusalError(
@@ -327,8 +339,8 @@ def jhu_region(
         first_case_date=first_case,
         min_cases=min_cases,
     )
-    last = until if until is not None else series.dates[-1]
     window = series.until(last)
+    check_population(window)
     for problem in window.problems:
         logger.info("%s: %s", name, problem.describe())
     return window
@@ -489,7 +501,26 @@ def tracks_region(
     series.problems = [p for p in found if p.kind != "recovered_underreported"]
     if until is not None:
         series = series.until(until)
+    check_population(series)
     return series
+
+
+def check_population(series: RegionSeries) -> None:
+    """Raise when the population N of ``series`` is not larger than its largest confirmed count.
+
+    The model needs S = N - I - R - T > 0, so N at or below the confirmed count makes the loss
+    infinite or undefined.
+
+    Raises:
+        DefusalError: N is not larger than the largest confirmed count of the window.
+    """
+    people = series.population.people
+    largest = float(np.max(series.confirmed))
+    if not people > largest:
+        raise DefusalError(
+            f"population {people:,} of {series.region} is not larger than its largest "
+            f"confirmed count {largest:,.0f} in the window; give a larger --population"
+        )
 
 
 def _dates_or_days(series: RegionSeries) -> pd.DatetimeIndex:

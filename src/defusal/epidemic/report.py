@@ -356,13 +356,18 @@ def run_comparison(
     for index, problem in enumerate(problems):
         summary, trajectory = summarize_region(result, index, horizon)
         summaries.append(summary)
-        forecasts = []
         if index == scenario_index:
             forecasts = [
                 forecast(result, index, text, scenario_horizon, others) for text in scenarios
             ]
             scenario_table = scenario_rows(regions[index].published, forecasts, problem.series)
-        name = regions[index].published.lower().replace(" ", "_")
+        else:
+            forecasts = [forecast(result, index, "continue", scenario_horizon, others)]
+        region = regions[index]
+        title = region.published
+        if region.substitute:
+            title = f"{region.published} (JHU {region.jhu_name})"
+        name = region.published.lower().replace(" ", "_")
         figure = out / f"epidemic_{name}.png"
         plot_region(
             figure,
@@ -372,6 +377,7 @@ def run_comparison(
             trajectory,
             trajectory.members.index(result.best_member(index)),
             forecasts,
+            name=title,
         )
         files.append(str(figure))
     populations = [float(problem.series.population.people) for problem in problems]

@@ -11,11 +11,17 @@ fitted model's state on that day, with beta, gamma, delta and the networks froze
   network evaluated on this region's state (raw inputs divided by this region's N).
 - ``fixed:Q``: a constant quarantine strength Q per day.
 
-A forecast is flagged as exponential explosion when R_t stays above 1 over the last
-``EXPLOSION_WINDOW`` days of the horizon, infected people grow on each of those days, and the
-growth does not stagnate: the mean daily growth rate of log I over those days is at least
-``STAGNATION_RATIO`` times its rate over the first ``EXPLOSION_WINDOW`` days. The
-flag of a region is computed on the ensemble median (per day, over seeds) of I and R_t, so
+A forecast is flagged as exponential explosion when either rule holds:
+
+- growth at the horizon: R_t stays above 1 over the last ``EXPLOSION_WINDOW`` days of the
+  horizon and infected people grow on each of those days. The growth must also not stagnate,
+  so the mean daily growth rate of log I over those days is at least ``STAGNATION_RATIO``
+  times its rate over the first ``EXPLOSION_WINDOW`` days.
+- growth within the horizon: infected I reaches at least ``EXPLOSION_GROWTH`` times its value
+  on day 0 on some day of the horizon. This catches an outbreak that explodes and then burns
+  out by depleting the susceptibles before the horizon ends.
+
+The flag of a region is computed on the ensemble median (per day, over seeds) of I and R_t, so
 one seed with a runaway or a stalled network does not decide it.
 """
 
@@ -42,6 +48,8 @@ from defusal.errors import DefusalError
 EXPLOSION_WINDOW = 7
 # Growth that slows to less than half its initial rate counts as stagnation, not explosion.
 STAGNATION_RATIO = 0.5
+# Infected growing to this many times the day-0 value within the horizon counts as explosion.
+EXPLOSION_GROWTH = 10.0
 KINDS = ("continue", "relax", "adopt", "fixed")
 
 
@@ -188,6 +196,16 @@ class Forecast:
     explosion_share: float
     rt_below_one_day: int | None
 
+    @property
+    def median_infected(self) -> np.ndarray:
+        """Median of infected I over members per day, shape ``(horizon + 1,)``."""
+        return np.median(self.trajectory.states[:, :, 1], axis=1)
+
+    @property
+    def median_growth(self) -> tuple[float, int]:
+        """Largest ratio of the median I to its day-0 value, and its day (:func:`peak_growth`)."""
+        return peak_growth(self.median_infected)
+
     def infected_band(self, low: float = 10, high: float = 90) -> tuple[np.ndarray, np.ndarray]:
         """Return the ``low`` and ``high`` percentiles of infected I over members per day."""
         infected = self.trajectory.states[:, :, 1]
@@ -199,7 +217,25 @@ class Forecast:
         return self.trajectory.states[:, self.best_column, 1]
 
 
-def is_explosion(infected: np.ndarray, rt: np.ndarray, window: int = EXPLOSION_WINDOW) -> bool:
+def peak_growth(infected: np.ndarray) -> tuple[float, int]:
+    """Return the largest ratio I(t) / I(0) over a forecast and the first day it occurs.
+
+    Args:
+        infected: infected I per day, shape ``(days,)``; day 0 is the forecast start.
+
+    Returns:
+        ``(ratio, day)``; the ratio is ``inf`` when I(0) is 0 and I grows later.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = infected / infected[0]
+    ratios = np.nan_to_num(ratios, nan=1.0)
+    day = int(np.argmax(ratios))
+    return float(ratios[day]), day
+
+
+def growing_at_horizon(
+    infected: np.ndarray, rt: np.ndarray, window: int = EXPLOSION_WINDOW
+) -> bool:
     """Return whether I grows exponentially without stagnation at the end of a forecast.
 
     True when, over the last ``window`` days, R_t > 1, I grows on each day, and the mean
@@ -219,6 +255,49 @@ def is_explosion(infected: np.ndarray, rt: np.ndarray, window: int = EXPLOSION_W
     first_rate = (log_infected[window] - log_infected[0]) / window
     last_rate = (log_infected[-1] - log_infected[-(window + 1)]) / window
     return bool(first_rate <= 0 or last_rate >= STAGNATION_RATIO * first_rate)
+
+
+def is_explosion(
+    infected: np.ndarray,
+    rt: np.ndarray,
+    window: int = EXPLOSION_WINDOW,
+    growth: float = EXPLOSION_GROWTH,
+) -> bool:
+    """Return whether a forecast of I is an exponential explosion.
+
+    True when I still grows exponentially at the horizon (:func:`growing_at_horizon`), or
+    when I(t) >= ``growth`` * I(0) on any day t of the forecast, so that an outbreak that
+    explodes and burns out before the horizon also counts.
+
+    Args:
+        infected: infected I per day, shape ``(days,)``; day 0 is the forecast start.
+        rt: R_t per day, shape ``(days,)``.
+        window: days at the start and end of the horizon compared by the first rule.
+        growth: growth factor over day 0 that makes the second rule hold.
+    """
+    return peak_growth(infected)[0] >= growth or growing_at_horizon(infected, rt, window)
+
+
+def explosion_text(forecast: Forecast) -> str:
+    """Describe the explosion verdict of ``forecast`` in one phrase, with the rule that applies.
+
+    The numbers are those of the ensemble median, on which the verdict is computed.
+    """
+    ratio, day = forecast.median_growth
+    peak = forecast.median_infected[day]
+    factor = f"{ratio:,.0f}" if ratio >= EXPLOSION_GROWTH else f"{ratio:.1f}"
+    grew = f"median infected grew {factor}x to {peak:,.0f} on day {day}"
+    if not forecast.explosion:
+        return (
+            f"no explosion: {grew} (explosion needs {EXPLOSION_GROWTH:g}x, or R_t > 1 and "
+            "growth over the last days)"
+        )
+    if ratio >= EXPLOSION_GROWTH:
+        return f"EXPLOSION: {grew} (at least {EXPLOSION_GROWTH:g}x)"
+    return (
+        f"EXPLOSION: R_t > 1 and median infected still growing on day "
+        f"{len(forecast.median_infected) - 1}"
+    )
 
 
 def forecast(
