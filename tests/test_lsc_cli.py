@@ -109,3 +109,10 @@ def test_measure_input_size_mismatch(capsys, real_data_dir):
     assert status == 2
     assert "does not match fsdd" in error
     assert "\n" not in error
+
+
+def test_pretrain_rejects_folder_as_out(tmp_path, capsys):
+    status = main(["lsc", "pretrain", "--width", "4", "--depth", "1", "--out", str(tmp_path)])
+
+    assert status == 2
+    assert "is a folder" in capsys.readouterr().err

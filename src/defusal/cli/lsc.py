@@ -178,6 +178,17 @@ def _parse_target(text: str):
         ) from None
 
 
+def _check_writable_file(path: Path) -> None:
+    """Reject a checkpoint path that cannot become a file, before any pre-training runs."""
+    if path.is_dir():
+        raise DefusalError(f"--out {path} is a folder; give a file path such as {path}/model.ckpt")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DefusalError(
+                f"--out {path}: {parent} is a file, not a folder; choose another path"
+            )
+
+
 def pretrain_command(args) -> int:
     """Pre-train to the LSC with a progress bar, print the report and save a checkpoint."""
     from tqdm import tqdm
@@ -191,6 +202,7 @@ def pretrain_command(args) -> int:
         _check_positive(name, getattr(args, name))
     model, config, batches = _setup(args)
     out = Path(args.out or f"runs/lsc/{args.net}_w{args.width}_d{args.depth}.ckpt")
+    _check_writable_file(out)
     bar = tqdm(total=args.steps, disable=args.no_progress, desc="LSC", unit="step")
 
     def progress(step: int, loss: float, means: dict[str, float]) -> None:
