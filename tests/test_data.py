@@ -445,3 +445,11 @@ def test_cli_usage_error_is_one_line(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("defusal: error:")
+
+
+def test_cli_list_rejects_file_as_data_dir(tmp_path, capsys):
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("x")
+
+    assert main(["data", "list", "--data-dir", str(not_a_folder)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

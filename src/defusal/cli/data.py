@@ -63,7 +63,10 @@ def register(subparsers) -> None:
 
 def list_command(args: argparse.Namespace) -> int:
     """Print a table of every dataset: name, state, size in MB and licence."""
-    print(f"data folder: {resolve_data_dir(args.data_dir)}")
+    root = resolve_data_dir(args.data_dir)
+    if root.exists():
+        require_data_dir(root)
+    print(f"data folder: {root}")
     rows = [("name", "state", "size MB", "licence")]
     for name, entry in DATASETS.items():
         state = status(name, args.data_dir).state

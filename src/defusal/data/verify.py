@@ -103,6 +103,11 @@ def dataset_folder(name: str, data_dir: str | os.PathLike | None = None) -> Path
 def require_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Return the data folder, raising :class:`DataMissingError` if it does not exist."""
     root = resolve_data_dir(data_dir)
+    if root.exists() and not root.is_dir():
+        raise DataMissingError(
+            f"data folder {root} is a file, not a folder; set DEFUSAL_DATA or --data-dir to the "
+            "folder that contains the datasets"
+        )
     if not root.is_dir():
         raise DataMissingError(
             f"data folder {root} not found. Set DEFUSAL_DATA or --data-dir to the folder that "
