@@ -19,6 +19,7 @@ from benchmarks.harness import Table, measure, megabytes, release_freed_memory, 
 from defusal.jacobian import step_maps
 from defusal.lsc import pretrain_, resolve_targets
 from defusal.lsc.gains import lsc_loss, map_gains
+from defusal.lsc.pretrain import PLAIN_CUTS
 from defusal.nets import build_network
 
 SETTINGS = {
@@ -60,7 +61,12 @@ def pretraining_step(network, x_t, states, targets, optimizer, estimator, warm_s
     maps, _ = step_maps(network, x_t, states)
     gains = {
         local_map.key: map_gains(
-            local_map, estimator, create_graph=True, iterations=30, warm_starts=warm_starts
+            local_map,
+            estimator,
+            create_graph=True,
+            iterations=30,
+            warm_starts=warm_starts,
+            cuts=PLAIN_CUTS,
         )
         for local_map in maps
     }
@@ -147,7 +153,8 @@ def step_table(settings: dict) -> Table:
             "A pre-training step covers every local Jacobian of one time step: time (each "
             "layer), depth (each upper layer), encoder and decoder; the 'eig' estimator forms "
             "the Jacobians and differentiates through eigenvectors, 'matrix_free' runs up to 30 "
-            "power iterations warm-started from the previous step.",
+            "power iterations warm-started from the previous step. Non-square Jacobians are "
+            f"cut to {PLAIN_CUTS} random squares, as plain-mode pre-training does.",
             "Both are the cell-by-cell RecurrentStack, the network the pre-training needs and "
             "the one the experiment runner trains.",
             f"Median of {settings['repeats']} repeats after one warm-up.",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from defusal.jacobian import LocalMap, jacobian, step_maps
-from defusal.lsc import pretrain_
+from defusal.lsc import measure, pretrain_
 from defusal.lsc.ffn import block_ranges, measure_ffn
 from defusal.lsc.gains import edge_gains, map_gains
 from defusal.lsc.lru import half_swap_, pretrain_lru_
+from defusal.lsc.pretrain import width_scaled_groups
 from defusal.lsc.report import edge_means
 from defusal.nets.build import build_network
 from defusal.nets.ffn import DeepFFN
@@ -125,9 +127,10 @@ def test_half_swap_swap_exchanges():
         assert torch.equal(parameter.view(-1)[:half], old_first[name].view(-1)[:half]), name
 
 
-# Batch 4 and two layers make every mean noisy. Encoder and decoder Jacobians are not square,
-# and a fresh random square cut at every measured step makes their means noisier still.
-BANDS = {"time": 0.1, "depth": 0.1, "encoder": 0.2, "decoder": 0.2}
+# Batch 4 and two layers make every mean noisy. The independent re-measurement below draws other
+# time steps and other square cuts of the encoder and decoder Jacobians. So it gets a wider band
+# than the 0.05 stop band that the pre-training's own clean measurement must meet.
+BANDS = {"time": 0.1, "depth": 0.1, "encoder": 0.15, "decoder": 0.15}
 
 
 @pytest.mark.parametrize("target", [1.0, 0.5])
@@ -140,9 +143,38 @@ def test_pretrain_real_lstm_band(real_data_dir, target):
     x = x[:, :20]
     model = build_network("lstm", task.input_size, 16, 2, task.output_size, seed=0)
     report = pretrain_(
-        model, x, target=target, steps=300, patience=10, tolerance=0.03, measure_samples=10
+        model, x, target=target, steps=300, patience=10, tolerance=0.05, measure_samples=10
     )
     assert report.converged
     for edge, value in edge_means(report.after).items():
         expected = 1.0 if edge == "decoder" else target
+        assert abs(value - expected) < 0.05, edge
+    again = measure(model, x, time_samples=20, cuts=16, seed=7)
+    for edge, value in edge_means(again).items():
+        expected = 1.0 if edge == "decoder" else target
         assert abs(value - expected) < BANDS[edge], edge
+
+
+def test_cuts_average_matches_eigvals():
+    torch.manual_seed(3)
+    weight = torch.randn(9, 4)
+    point = torch.randn(5, 4)
+    local_map = LocalMap("encoder", 0, lambda u: torch.tanh(u @ weight.T), point)
+    gains = map_gains(local_map, generator=torch.Generator().manual_seed(11), cuts=5)
+    full = torch.func.vmap(torch.func.jacrev(lambda u: torch.tanh(u @ weight.T)))(point)
+    draws = torch.Generator().manual_seed(11)
+    expected = torch.zeros(5)
+    for _ in range(5):
+        rows = torch.randperm(9, generator=draws)[:4].sort().values
+        expected += torch.linalg.eigvals(full[:, rows]).abs().amax(dim=-1) / 5
+    assert torch.allclose(gains, expected, atol=1e-5)
+
+
+def test_width_scaled_lr_per_fan_in():
+    wide = nn.Parameter(torch.zeros(8, 2048))
+    narrow = nn.Parameter(torch.zeros(8, 32))
+    bias = nn.Parameter(torch.zeros(2048))
+    groups = width_scaled_groups([wide, narrow, bias], 1e-2)
+    assert groups[0]["lr"] == pytest.approx(1e-2 * 64 / 2048)
+    assert groups[1]["lr"] == pytest.approx(1e-2)
+    assert groups[2]["lr"] == pytest.approx(1e-2)

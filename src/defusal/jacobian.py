@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from defusal.errors import DefusalError
-from defusal.radius import LinearOperator
+from defusal.radius import LinearOperator, block_product
 
 EDGES = ("time", "depth", "encoder", "decoder")
 MAX_DECODER_OUTPUTS = 100
@@ -194,9 +194,15 @@ def operator_jacobian(operator: LinearOperator, *, create_graph: bool = False) -
 
     Uses one forward pass and ``n_out`` batched vector-Jacobian products (the rows). Because
     samples are independent, the gradient of output coordinate ``i`` summed over the batch is
-    row ``i`` of every sample's Jacobian.
+    row ``i`` of every sample's Jacobian. Without ``create_graph``, a map with fewer inputs
+    than outputs (an encoder edge) is instead formed column by column with ``n_in`` batched
+    Jacobian-vector products.
     """
     point = operator.point.detach().requires_grad_(True)
+    if not create_graph:
+        columns = _forward_columns(operator)
+        if columns is not None:
+            return columns
     with torch.enable_grad():
         output = operator.function(point)
         if output.dim() != 2 or output.shape[0] != point.shape[0]:
@@ -226,6 +232,20 @@ def operator_jacobian(operator: LinearOperator, *, create_graph: bool = False) -
                 ]
             )
     return grads.transpose(0, 1)
+
+
+def _forward_columns(operator: LinearOperator) -> Tensor | None:
+    """Return the Jacobians from ``n_in`` batched JVPs when ``n_in < n_out``, else ``None``."""
+    point = operator.point.detach()
+    n_in = point.shape[-1]
+    with torch.no_grad():
+        n_out = operator.function(point).shape[-1]
+    if n_in >= n_out:
+        return None
+    basis = torch.eye(n_in, dtype=point.dtype, device=point.device)
+    block = basis.unsqueeze(0).expand(point.shape[0], n_in, n_in)
+    with torch.no_grad():
+        return block_product(operator, linearize=False)(block)
 
 
 def step_jacobians(

@@ -39,6 +39,7 @@ gradient of ``|lambda_max|`` when ``J`` is normal and approximates it otherwise.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,8 +50,16 @@ from torch.autograd import forward_ad
 
 from defusal.errors import DefusalError
 
+logger = logging.getLogger(__name__)
+
 ESTIMATORS = ("eig", "norm", "matrix_free", "matrix_free_norm")
 NONSQUARE_POLICIES = ("subsample", "norm")
+# Points with at least this many entries (batch x state size) are linearized once by
+# torch.func.linearize before a power iteration: below it the tracing costs more than it saves.
+LINEARIZE_MIN_ELEMENTS = 8192
+# Relative change of the estimate that stops a power iteration. On random LSTM time Jacobians of
+# width 512 (block 4) it leaves a relative error below 1% against torch.linalg.eigvals.
+POWER_TOLERANCE = 1e-3
 
 
 def check_estimator(estimator: str) -> str:
@@ -125,11 +134,13 @@ def matrix_gain(
     nonsquare: str = "subsample",
     generator: torch.Generator | None = None,
     iterations: int = 100,
+    tolerance: float = POWER_TOLERANCE,
 ) -> Tensor:
     """Return the gain of explicit matrices ``(..., m, n)`` with any estimator, shape ``(...)``.
 
     ``nonsquare`` chooses, for ``m != n``, between random square sub-sampling followed by the
-    estimator and the spectral norm of the whole matrix.
+    estimator and the spectral norm of the whole matrix. ``iterations`` and ``tolerance`` set
+    the matrix-free power iterations.
     """
     check_estimator(estimator)
     if nonsquare not in NONSQUARE_POLICIES:
@@ -147,9 +158,13 @@ def matrix_gain(
     flat = matrix.reshape(-1, *matrix.shape[-2:])
     operator = LinearOperator.from_matrix(flat)
     if estimator == "matrix_free":
-        gain = power_radius(operator, iterations=iterations, generator=generator).value
+        gain = power_radius(
+            operator, iterations=iterations, tolerance=tolerance, generator=generator
+        ).value
     else:
-        gain = power_norm(operator, iterations=iterations, generator=generator).value
+        gain = power_norm(
+            operator, iterations=iterations, tolerance=tolerance, generator=generator
+        ).value
     return gain.reshape(batch_shape)
 
 
@@ -238,8 +253,52 @@ def _random_block(operator: LinearOperator, size: int, generator) -> Tensor:
     return noise.to(point.device)
 
 
-def _block_jvp(operator: LinearOperator, block: Tensor) -> Tensor:
+def _column_loop(operator: LinearOperator, block: Tensor) -> Tensor:
     return torch.stack([operator.jvp(block[..., i]) for i in range(block.shape[-1])], dim=-1)
+
+
+def block_product(
+    operator: LinearOperator, *, linearize: bool | None = None
+) -> Callable[[Tensor], Tensor]:
+    """Return the block product ``V -> J V``, ``(batch, n_in, k) -> (batch, n_out, k)``.
+
+    The ``k`` columns go through one ``torch.func.vmap`` of a Jacobian-vector product, so the
+    primal forward pass runs once per block, not once per column. With ``linearize`` the map is
+    first linearized by ``torch.func.linearize``, which traces the tangent computation once
+    (a fixed cost of a few hundred milliseconds on a CPU) so that each later product skips the
+    forward pass. ``None`` linearizes when the point has at least
+    :data:`LINEARIZE_MIN_ELEMENTS` entries, where the saving per product outweighs the tracing.
+    Maps that neither ``vmap`` nor forward-mode AD can handle (custom autograd functions such as
+    surrogate spikes) fall back to one :meth:`LinearOperator.jvp` per column.
+    """
+    point = operator.point.detach()
+    if linearize is None:
+        linearize = point.numel() >= LINEARIZE_MIN_ELEMENTS
+    state: dict[str, Callable[[Tensor], Tensor] | None] = {"apply": None}
+
+    def vmapped(block: Tensor) -> Tensor:
+        if state["apply"] is None:
+            if linearize:
+                _, tangent_map = torch.func.linearize(operator.function, point)
+            else:
+
+                def tangent_map(tangent: Tensor) -> Tensor:
+                    return torch.func.jvp(operator.function, (point,), (tangent,))[1]
+
+            state["apply"] = torch.func.vmap(tangent_map, in_dims=-1, out_dims=-1)
+        return state["apply"](block.contiguous())
+
+    def product(block: Tensor) -> Tensor:
+        if state.get("fallback"):
+            return _column_loop(operator, block)
+        try:
+            return vmapped(block)
+        except (RuntimeError, NotImplementedError):
+            logger.debug("batched Jacobian-vector product failed; using one product per column")
+            state["fallback"] = True
+            return _column_loop(operator, block)
+
+    return product
 
 
 def _ritz_radius(projected: Tensor) -> Tensor:
@@ -249,28 +308,34 @@ def _ritz_radius(projected: Tensor) -> Tensor:
 def power_radius(
     operator: LinearOperator,
     *,
-    block: int = 2,
+    block: int = 4,
     iterations: int = 100,
-    tolerance: float = 1e-5,
+    tolerance: float = POWER_TOLERANCE,
     vectors: Tensor | None = None,
     create_graph: bool = False,
     generator: torch.Generator | None = None,
+    linearize: bool | None = None,
 ) -> PowerResult:
     """Estimate the spectral radius of a square linearization by block power iteration.
 
     Iterates ``Q <- qr(J Q)`` with ``Q`` of shape ``(batch, n, block)`` on detached vectors, and
-    returns ``max |eig(Q^T J Q)|``. With ``create_graph`` the last product ``Q^T J`` is taken
-    with vector-Jacobian products that carry the graph, so the estimate is differentiable with
+    returns ``max |eig(Q^T J Q)|``. Each iteration applies ``J`` to the whole block at once
+    (:func:`block_product`). With ``create_graph`` the last product ``Q^T J`` is taken with
+    vector-Jacobian products that carry the graph, so the estimate is differentiable with
     respect to the weights inside ``operator.function``.
 
     Args:
         operator: a square linearization (``n_in == n_out``).
-        block: number of vectors; 2 resolves a complex conjugate dominant pair.
+        block: number of vectors. At least 2 resolves a complex conjugate dominant pair. A
+            larger block converges faster where the spectrum has no gap at its edge.
         iterations: maximum iterations.
         tolerance: stop when the relative change of every sample's estimate is below this.
         vectors: optional ``(batch, n, block)`` start vectors (a warm start).
         create_graph: make the returned value differentiable.
         generator: random generator for the start vectors.
+        linearize: linearize the map once with ``torch.func.linearize``; ``None`` decides by
+            the size of the point (see :func:`block_product`) and does not linearize for a
+            warm start.
 
     Returns:
         A :class:`PowerResult`.
@@ -280,13 +345,17 @@ def power_radius(
     if vectors is None or vectors.shape != (batch, size, block):
         vectors = _random_block(operator, block, generator)
     basis = _orthonormal_columns(vectors.detach())
+    if linearize is None and vectors is not None:
+        # A warm start usually needs a few iterations, fewer than the tracing would save.
+        linearize = False
+    apply = block_product(operator, linearize=linearize)
     estimate = None
     change = math.inf
     done = 0
     with torch.no_grad():
         for iteration in range(1, iterations + 1):
             done = iteration
-            image = _block_jvp(operator, basis).detach()
+            image = apply(basis).detach()
             radius = _ritz_radius(basis.transpose(-1, -2) @ image)
             basis = _orthonormal_columns(image)
             if estimate is not None:
@@ -302,7 +371,7 @@ def power_radius(
         value = _ritz_radius(pullbacks @ basis)
     else:
         with torch.no_grad():
-            value = _ritz_radius(basis.transpose(-1, -2) @ _block_jvp(operator, basis))
+            value = _ritz_radius(basis.transpose(-1, -2) @ apply(basis))
     return PowerResult(value, basis.detach(), done, change)
 
 
@@ -310,7 +379,7 @@ def power_norm(
     operator: LinearOperator,
     *,
     iterations: int = 100,
-    tolerance: float = 1e-5,
+    tolerance: float = POWER_TOLERANCE,
     vectors: Tensor | None = None,
     create_graph: bool = False,
     generator: torch.Generator | None = None,

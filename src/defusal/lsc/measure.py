@@ -69,6 +69,7 @@ def measure(
     seed: int = 0,
     iterations: int = 30,
     max_decoder_outputs: int = MAX_DECODER_OUTPUTS,
+    cuts: int = 1,
 ) -> RadiusTable:
     """Return the mean gain of every local Jacobian along input trajectories.
 
@@ -89,6 +90,8 @@ def measure(
         seed: seed of the time-step draw, sub-sampling and start vectors.
         iterations: power iterations of the matrix-free estimators.
         max_decoder_outputs: leave the decoder out for wider readouts.
+        cuts: random square cuts averaged per non-square Jacobian and measured step
+            (see :func:`defusal.lsc.gains.map_gains`).
 
     Returns:
         ``{edge: {layer: mean gain}}``.
@@ -125,6 +128,7 @@ def measure(
                     generator=generator,
                     iterations=iterations,
                     warm_starts=warm_starts,
+                    cuts=cuts,
                 )
                 for key, value in gains.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach().sum())

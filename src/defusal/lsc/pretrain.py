@@ -17,12 +17,20 @@ forward, so the Jacobians are taken where the data takes the network):
     improvement.
 
 Both keep an exponential moving average (decay 0.9) of every edge type's mean gain over layers
-and samples. They stop once every average stays within ``tolerance`` of its target for
-``patience`` consecutive steps, or after ``steps`` steps, and return the weights whose moving
-averages had the lowest squared distance to the targets. Because the gains change along a
-sequence, the in-band window must also cover at least one whole input sequence. A step with a
-NaN or Inf loss, gradient or weight restores the best weights and halves the learning rate, so
-no NaN weight is returned.
+and samples. Once every average has stayed within ``tolerance`` of its target for ``patience``
+consecutive steps, and for at least one whole input sequence because the gains change along a
+sequence, the gains are measured again with learning off on a fixed set of batches. The run
+stops if every edge type's mean is then within ``tolerance``; otherwise the window starts
+again. Without such a stop, the run ends after ``steps`` steps with the weights whose moving
+averages had the lowest squared distance to the targets. The reported ``after`` table is the
+same clean measurement.
+
+In plain mode a non-square Jacobian (encoder, decoder) is cut to 8 random squares per step and
+their gains averaged, and each kernel's Adam learning rate shrinks with its fan-in beyond 64
+(:func:`width_scaled_groups`), so a width-2048 layer moves as cautiously as a width-64 one.
+
+A step with a NaN or Inf loss, gradient or weight restores the best weights and halves the
+learning rate, so no NaN weight is returned.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from defusal.jacobian import EDGES, MAX_DECODER_OUTPUTS, check_input, step_maps
 from defusal.lsc import faithful
 from defusal.lsc.gains import edge_gains, lsc_loss
 from defusal.lsc.measure import _device_of, batch_inputs, evaluation_mode, gaussian_inputs, measure
-from defusal.lsc.report import LSCReport
+from defusal.lsc.report import LSCReport, edge_means
 from defusal.lsc.rescale import rescale_to_targets_
 from defusal.lsc.targets import resolve_targets
 from defusal.radius import NONSQUARE_POLICIES, check_estimator
@@ -57,15 +65,49 @@ EMA_DECAY = 0.9
 # Warm-started power iterations stop at this relative change: the estimate then moves less
 # than the per-step noise of the batch.
 POWER_TOLERANCE = 1e-3
+# Random square cuts averaged per non-square Jacobian and step in plain mode. One cut, as in
+# the original procedure, makes the per-step encoder and decoder gains of a 5-layer width-64
+# LSTM on sl-MNIST vary by about 0.1; eight cut that spread by a factor of about 2.8.
+PLAIN_CUTS = 8
+# Kernels wider than this get a proportionally smaller Adam step (see width_scaled_groups).
+REFERENCE_FAN = 64
+# Batches in the clean measurements: before, at each stop check and after.
+MEASURE_BATCHES = 4
 
 
-def make_optimizer(mode: str, parameters, lr: float) -> torch.optim.Optimizer:
+def width_scaled_groups(parameters, lr: float, reference_fan: int = REFERENCE_FAN) -> list[dict]:
+    """Return one optimizer parameter group per tensor, with ``lr`` scaled down for wide kernels.
+
+    An Adam step moves every entry by about ``lr``, so a coherent step on an ``n``-wide kernel
+    has a spectral norm near ``lr * n``, while the kernel's own spectral norm stays near 1 at
+    the usual ``1 / sqrt(n)`` initialization. Each tensor of two or more dimensions therefore
+    gets ``lr * min(1, reference_fan / fan_in)`` with ``fan_in = numel / shape[0]``, which
+    keeps the relative change per step of every kernel what it is at width ``reference_fan``.
+    Vectors (biases) keep ``lr``.
+    """
+    groups = []
+    for parameter in parameters:
+        scale = 1.0
+        if parameter.dim() >= 2:
+            fan_in = parameter.numel() // max(parameter.shape[0], 1)
+            scale = min(1.0, reference_fan / max(fan_in, 1))
+        groups.append({"params": [parameter], "lr": lr * scale, "lr_scale": scale})
+    return groups
+
+
+def make_optimizer(
+    mode: str, parameters, lr: float, *, width_scaled: bool = False
+) -> torch.optim.Optimizer:
     """Return Adam (plain) or AdaBelief in Lookahead (faithful).
+
+    With ``width_scaled`` each kernel gets its own learning rate (:func:`width_scaled_groups`).
 
     NOTE: the faithful optimizer comes from ``defusal.optim``; while that module is missing,
     AdamW with the same learning rate and weight decay 1e-4 stands in and a warning is logged.
     """
     parameters = list(parameters)
+    if width_scaled:
+        parameters = width_scaled_groups(parameters, lr)
     if mode == "plain":
         return torch.optim.Adam(parameters, lr=lr)
     try:
@@ -77,9 +119,9 @@ def make_optimizer(mode: str, parameters, lr: float) -> torch.optim.Optimizer:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+    """Set the learning rate of every parameter group, times the group's ``lr_scale`` if any."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
@@ -196,6 +238,9 @@ def pretrain_(
     seed: int = 0,
     callback: Callable[[int, float, dict[str, float]], None] | None = None,
     rescale: float | None = None,
+    cuts: int | None = None,
+    measure_batches: int = MEASURE_BATCHES,
+    width_scaled_lr: bool | None = None,
     **kwargs,
 ) -> LSCReport:
     """Pre-train ``model`` in place so that every local gain meets its target.
@@ -218,12 +263,17 @@ def pretrain_(
         lr: learning rate; 1e-2 (plain) or 7.2e-3 (faithful) when ``None``.
         tolerance: half-width of the band around each target for the stop rule, applied to
             the moving average of each edge type's mean gain.
-        patience: consecutive in-band steps needed to stop, at least one sequence length.
+        patience: consecutive in-band steps of the moving averages before a stop check, at
+            least one sequence length. The check measures the gains with learning off
+            (:func:`defusal.lsc.measure.measure` over ``measure_batches`` batches,
+            ``measure_samples`` time steps each); the run stops only if every edge type's mean
+            is within ``tolerance`` of its target, else the window starts again.
         batch_size, time_steps: shape of Gaussian inputs.
         nonsquare: ``"subsample"`` or ``"norm"`` for non-square Jacobians.
         edges: edge types in the loss.
         max_decoder_outputs: leave the decoder out for wider readouts.
-        measure_samples: time steps measured per sequence for the before and after tables.
+        measure_samples: time steps measured per sequence for the before, stop-check and
+            after tables.
         iterations: power iterations per matrix-free estimate (warm-started between steps).
         max_seconds: optional wall-clock limit for the optimization loop.
         seed: seed of inputs, sub-sampling, start vectors and shuffling.
@@ -231,6 +281,15 @@ def pretrain_(
         rescale: exponent ``eta`` of the plain-mode kernel rescaling
             ``clip((rho* / rho)^eta, 0.85, 1.15)`` after each step; 0 turns it off, ``None``
             means 0.5. Faithful mode always uses its own rescaling.
+        cuts: random square cuts averaged per non-square Jacobian (encoder, decoder) at each
+            step and in the measurements, with ``nonsquare="subsample"``. ``None`` means 8 in
+            plain mode and 1 (a fresh single cut per step, as the original) in faithful mode.
+        measure_batches: distinct batches in the clean measurements. The first
+            ``measure_batches`` of a list of batches are used; Gaussian inputs draw that many
+            fixed sequences from ``seed``; any other iterable gives its first batch only.
+        width_scaled_lr: give each kernel the learning rate ``lr * min(1, 64 / fan_in)``
+            (see :func:`width_scaled_groups`); ``None`` means on in plain mode and off in
+            faithful mode. A network of width 64 or less is unaffected.
         **kwargs: passed to the FFN or LRU procedure.
 
     Returns:
@@ -297,16 +356,28 @@ def pretrain_(
     check_input(model, reference)
     num_layers = len(model.cells)
     targets = resolve_targets(target, num_layers=num_layers, time_steps=reference.shape[1])
+    cuts = (PLAIN_CUTS if mode == "plain" else 1) if cuts is None else int(cuts)
+    if cuts < 1:
+        raise DefusalError(f"cuts must be a positive integer, got {cuts}")
+    if int(measure_batches) < 1:
+        raise DefusalError(f"measure_batches must be a positive integer, got {measure_batches}")
+    if width_scaled_lr is None:
+        width_scaled_lr = mode == "plain"
+    measure_data = _measure_batches(
+        model, batches, reference, int(measure_batches), batch_size, time_steps, seed
+    )
     measure_options = dict(
         estimator=estimator,
         time_samples=measure_samples,
+        max_batches=len(measure_data),
         nonsquare=nonsquare,
         edges=edges,
         seed=seed,
         iterations=iterations,
         max_decoder_outputs=max_decoder_outputs,
+        cuts=cuts,
     )
-    before = measure(model, reference, **measure_options)
+    before = measure(model, measure_data, **measure_options)
 
     rescale = DEFAULT_RESCALE if rescale is None else float(rescale)
     if not (math.isfinite(rescale) and rescale >= 0):
@@ -315,7 +386,7 @@ def pretrain_(
     if not lr > 0:
         raise DefusalError(f"learning rate must be positive, got {lr}")
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(mode, parameters, lr)
+    optimizer = make_optimizer(mode, parameters, lr, width_scaled=width_scaled_lr)
     divisor = 2 * num_layers + 1 if mode == "faithful" else None
     tracker = BestTracker(model, targets, tolerance)
     warm_starts: dict = {}
@@ -343,7 +414,9 @@ def pretrain_(
                 create_graph=True,
                 generator=generator,
                 iterations=iterations,
+                tolerance=POWER_TOLERANCE,
                 warm_starts=warm_starts,
+                cuts=cuts,
             )
             loss = lsc_loss(gains, targets, divisor)
             means = _edge_means(gains)
@@ -351,7 +424,9 @@ def pretrain_(
             done = step
 
             if not math.isfinite(loss_value) or not all(map(math.isfinite, means.values())):
-                restores, lr, optimizer = _recover(model, tracker, mode, parameters, lr, restores)
+                restores, lr, optimizer = _recover(
+                    model, tracker, mode, parameters, lr, restores, width_scaled_lr
+                )
                 states = None
                 if restores > MAX_RESTORES:
                     break
@@ -361,14 +436,21 @@ def pretrain_(
             if callback is not None:
                 callback(step, loss_value, means)
             # In band for a whole sequence: early time steps alone are not representative.
+            # The moving averages mix weights of past steps, so a clean measurement decides.
             if inside and tracker.window >= max(patience, x.shape[1]):
-                converged = True
-                break
+                if _within_tolerance(
+                    measure(model, measure_data, **measure_options), targets, tolerance
+                ):
+                    converged = True
+                    break
+                tracker.window = 0
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if not grads_finite(parameters):
-                restores, lr, optimizer = _recover(model, tracker, mode, parameters, lr, restores)
+                restores, lr, optimizer = _recover(
+                    model, tracker, mode, parameters, lr, restores, width_scaled_lr
+                )
                 states = None
                 if restores > MAX_RESTORES:
                     break
@@ -389,7 +471,9 @@ def pretrain_(
                     tracker.restore(model)
                     tracker.stale = 0
             if not all_finite(model):
-                restores, lr, optimizer = _recover(model, tracker, mode, parameters, lr, restores)
+                restores, lr, optimizer = _recover(
+                    model, tracker, mode, parameters, lr, restores, width_scaled_lr
+                )
                 states = None
                 if restores > MAX_RESTORES:
                     break
@@ -400,7 +484,7 @@ def pretrain_(
         tracker.restore(model)
     if not all_finite(model):
         tracker.restore(model)
-    after = measure(model, reference, **measure_options)
+    after = measure(model, measure_data, **measure_options)
     return LSCReport(
         before=before,
         after=after,
@@ -416,6 +500,23 @@ def pretrain_(
     )
 
 
+def _measure_batches(model, batches, reference, count, batch_size, time_steps, seed) -> list:
+    """Return the fixed batches of the clean measurements (see ``measure_batches``)."""
+    if batches is None or (isinstance(batches, str) and batches == "gaussian"):
+        generator = torch.Generator().manual_seed(seed + 1)
+        draws = [reference]
+        while len(draws) < count:
+            draws.append(gaussian_inputs(model, batch_size, time_steps, generator))
+        return draws
+    if isinstance(batches, list):
+        return [batch_inputs(batch) for batch in batches[:count]]
+    return [reference]
+
+
+def _within_tolerance(table, targets: dict[str, float], tolerance: float) -> bool:
+    return all(abs(value - targets[edge]) < tolerance for edge, value in edge_means(table).items())
+
+
 def _edge_means(gains: dict[tuple[str, int], Tensor]) -> dict[str, float]:
     sums: dict[str, list[float]] = {}
     for (edge, _), value in gains.items():
@@ -423,13 +524,13 @@ def _edge_means(gains: dict[tuple[str, int], Tensor]) -> dict[str, float]:
     return {edge: sum(values) / len(values) for edge, values in sums.items()}
 
 
-def _recover(model, tracker, mode, parameters, lr, restores):
+def _recover(model, tracker, mode, parameters, lr, restores, width_scaled):
     """Restore the best weights after a non-finite step, halve the rate, reset the optimizer."""
     restores += 1
     tracker.restore(model)
     lr = lr * 0.5
     logger.warning("non-finite LSC step: best weights restored, learning rate lowered to %.3g", lr)
-    return restores, lr, make_optimizer(mode, parameters, lr)
+    return restores, lr, make_optimizer(mode, parameters, lr, width_scaled=width_scaled)
 
 
 def _is_residual_lru(model: nn.Module) -> bool:
