@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import machine_description
+from defusal.errors import DefusalError
 
 BENCHMARKS = (
     "bench_radius",
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         start = time.perf_counter()
         print(f"running {name} ({args.size}) ...", flush=True)
-        tables = importlib.import_module(f"benchmarks.{name}").run(args.size)
+        try:
+            tables = importlib.import_module(f"benchmarks.{name}").run(args.size)
+        except DefusalError as error:
+            print(f"benchmarks: error: {name}: {error}", file=sys.stderr)
+            return 2
         for table in tables:
             sections.append(table.to_markdown())
             print(table.to_markdown(), flush=True)
