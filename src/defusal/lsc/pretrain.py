@@ -101,20 +101,14 @@ def make_optimizer(
     """Return Adam (plain) or AdaBelief in Lookahead (faithful).
 
     With ``width_scaled`` each kernel gets its own learning rate (:func:`width_scaled_groups`).
-
-    NOTE: the faithful optimizer comes from ``defusal.optim``; while that module is missing,
-    AdamW with the same learning rate and weight decay 1e-4 stands in and a warning is logged.
     """
     parameters = list(parameters)
     if width_scaled:
         parameters = width_scaled_groups(parameters, lr)
     if mode == "plain":
         return torch.optim.Adam(parameters, lr=lr)
-    try:
-        from defusal.optim import AdaBelief, Lookahead
-    except ImportError:
-        logger.warning("defusal.optim is missing; faithful mode uses AdamW in place of AdaBelief")
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
+    from defusal.optim import AdaBelief, Lookahead
+
     return Lookahead(AdaBelief(parameters, lr=lr, weight_decay=1e-4), k=6, alpha=0.5)
 
 
