@@ -33,8 +33,8 @@ SETTINGS = {
         "repeats": 5,
         "task_examples": None,
         "epoch_batch": 64,
-        "pretrain_steps": 400,
-        "pretrain_repeats": 2,
+        "pretrain_steps": 200,
+        "pretrain_repeats": 1,
     },
     "tiny": {
         "kinds": ("gru",),
