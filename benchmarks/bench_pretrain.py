@@ -155,8 +155,8 @@ def step_table(settings: dict) -> Table:
             "the Jacobians and differentiates through eigenvectors, 'matrix_free' runs up to 30 "
             "power iterations warm-started from the previous step. Non-square Jacobians are "
             f"cut to {PLAIN_CUTS} random squares, as plain-mode pre-training does.",
-            "Both are the cell-by-cell RecurrentStack, the network the pre-training needs and "
-            "the one the experiment runner trains.",
+            "Both sides use the cell-by-cell RecurrentStack, the network the pre-training needs "
+            "(the experiment runner trains its fused copy).",
             f"Median of {settings['repeats']} repeats after one warm-up.",
         ]
     )
