@@ -8,7 +8,7 @@ traceback. Every other exception is a bug and keeps its traceback.
 class DefusalError(Exception):
     """A user-facing error: bad input, missing data or an impossible setting.
 
-    The message names the offending value and says what to do next.
+    The message names the offending value and what to do next.
     """
 
 

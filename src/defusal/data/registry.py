@@ -1,4 +1,4 @@
-"""The datasets defusal knows: files, sizes, sha256 checksums, licences and download addresses."""
+"""The registry of datasets: files, sizes, sha256 checksums, licences and download addresses."""
 
 from __future__ import annotations
 

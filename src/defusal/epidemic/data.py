@@ -1,6 +1,6 @@
 """Regional COVID-19 case counts: the JHU CSSE time series and the Dandekar training tracks.
 
-A :class:`RegionSeries` holds cumulative confirmed, recovered and death counts of one region
+A :class:`RegionSeries` contains cumulative confirmed, recovered and death counts of one region
 over a window of days, with active = confirmed - recovered - deaths, the population and the
 data problems found (see :mod:`defusal.epidemic.quirks`).
 """

@@ -354,7 +354,7 @@ def adjoint_problem(model: QSIRModel, targets: Targets, config: FitConfig) -> Ad
 
 
 def _model_arrays(model: QSIRModel) -> dict[str, np.ndarray]:
-    # The adjoint sees the effective weights; _chain_monotone maps their gradients back.
+    # The adjoint uses the effective weights, so _chain_monotone maps their gradients back.
     weight1, bias1, weight2, bias2 = model.net.effective_parameters()
     arrays = {
         "log_beta": model.log_beta.detach().numpy(),

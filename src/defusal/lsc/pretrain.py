@@ -350,7 +350,9 @@ def pretrain_(
     check_input(model, reference)
     num_layers = len(model.cells)
     targets = resolve_targets(target, num_layers=num_layers, time_steps=reference.shape[1])
-    cuts = (PLAIN_CUTS if mode == "plain" else 1) if cuts is None else int(cuts)
+    if cuts is None:
+        cuts = PLAIN_CUTS if mode == "plain" else 1
+    cuts = int(cuts)
     if cuts < 1:
         raise DefusalError(f"cuts must be a positive integer, got {cuts}")
     if int(measure_batches) < 1:
@@ -441,19 +443,13 @@ def pretrain_(
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if not grads_finite(parameters):
-                restores, lr, optimizer = _recover(
-                    model, tracker, mode, parameters, lr, restores, width_scaled_lr
-                )
-                states = None
-                if restores > MAX_RESTORES:
-                    break
-                continue
-            optimizer.step()
-            if mode == "plain" and rescale > 0:
+            finite = grads_finite(parameters)
+            if finite:
+                optimizer.step()
+            if finite and mode == "plain" and rescale > 0:
                 batch_means = {key: float(value.detach().mean()) for key, value in gains.items()}
                 rescale_to_targets_(model, batch_means, targets, exponent=rescale)
-            if mode == "faithful":
+            if finite and mode == "faithful":
                 factors = {
                     key: float((targets[key[0]] / value.detach().clamp_min(1e-6)).mean())
                     for key, value in gains.items()
@@ -464,7 +460,8 @@ def pretrain_(
                 if tracker.stale >= 2 * patience:
                     tracker.restore(model)
                     tracker.stale = 0
-            if not all_finite(model):
+            # A NaN or Inf gradient or weight restores the best weights and lowers the step size.
+            if not finite or not all_finite(model):
                 restores, lr, optimizer = _recover(
                     model, tracker, mode, parameters, lr, restores, width_scaled_lr
                 )
